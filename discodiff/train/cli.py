@@ -1,0 +1,158 @@
+"""`discodiff-train`: build the options, record them, train both stages.
+
+    discodiff-train                                  # the default preset (shapes), into runs/shapes
+    discodiff-train --preset toy8 --latents 0        # the plain EDM baseline of the same size
+    discodiff-train --data my_vectors.npy --steps 5000 --out runs/mine
+    torchrun --nproc_per_node 2 -m discodiff.train.cli --preset toy8   # DDP
+
+The CLI only builds keyword arguments for `loop.train`, writes them to training_options.json and
+supports --dry-run (print them and stop).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from ..cli_util import main_for, run
+from ..config import DataSpec, ModelConfig, TrainConfig, from_dict, replace, to_dict
+from ..errors import UserError
+from .. import presets
+
+RUN_FILES = ("model.safetensors", "train_state.safetensors", "metrics.jsonl", "training_options.json",
+             "loss.png", "samples.png")
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory for the run")
+    has_run = out.is_dir() and any((out / f).exists() for f in RUN_FILES)
+    if resume:
+        if not (out / "train_state.safetensors").is_file() or not (out / "training_options.json").is_file():
+            raise UserError(f"--resume: {out} holds no saved training state; start a new run without --resume")
+    elif has_run and not overwrite:
+        raise UserError(f"{out} already holds a training run; pass --resume to continue it, --overwrite to "
+                        "replace it, or --out for a new directory")
+
+
+def _build(preset: str | None, data: str | None, resolution: int) -> tuple[dict, "object"]:
+    from ..data import load, spec_for_path
+
+    if data:
+        spec = spec_for_path(data, resolution)
+        ds = load(spec)
+        model, train = presets.model_for(ds)
+        name = Path(data).stem
+    else:
+        spec, model, train = presets.get(preset)
+        if resolution:
+            raise UserError("--resolution applies to --data images; presets have a fixed size")
+        ds = load(spec)
+        name = preset
+    return {"name": name, "data": spec, "model": model, "train": train}, ds
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--preset", type=click.Choice(presets.names()), default=None,
+              help=f"Built-in data + model (default: {presets.DEFAULT_PRESET}).")
+@click.option("--data", type=str, default=None, help="Training data: a .npy of float vectors [N, D], a folder of "
+              "images (one subfolder per class, optional), or an EDM-style .zip.")
+@click.option("--resolution", type=click.IntRange(min=4), default=None, help="Resize --data images to this square size.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory (default: runs/<preset>).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Stage 1 steps (denoiser + encoder).")
+@click.option("--prior-steps", type=click.IntRange(min=1), default=None, help="Stage 2 steps (prior).")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Global batch size (split over DDP ranks).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Stage 1 learning rate.")
+@click.option("--latents", "m", type=click.IntRange(min=0), default=None,
+              help="Number of discrete latents m; 0 trains the plain EDM baseline of the same size.")
+@click.option("--codebook", "k", type=click.IntRange(min=2), default=None, help="Codebook size k per latent.")
+@click.option("--gumbel-tau", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Gumbel-softmax temperature.")
+@click.option("--straight-through/--soft", default=None, help="Hard one-hot latents with straight-through gradient.")
+@click.option("--latent-dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Probability of the null latent (enables classifier-free guidance).")
+@click.option("--sample-every", type=click.IntRange(min=0), default=None, help="Write a sample grid every N steps.")
+@click.option("--save-every", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Save the training state every N steps (for --resume).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Training seed.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its saved state (--steps may grow).")
+@click.option("--overwrite", is_flag=True, help="Replace a finished or stopped run in --out.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved options as JSON and stop.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def command(preset, data, resolution, out, steps, prior_steps, batch, lr, m, k, gumbel_tau, straight_through,
+            latent_dropout, sample_every, save_every, seed, device, resume, overwrite, dry_run, quiet):
+    """Train a DisCo-Diff model: stage 1 denoiser + encoder, stage 2 autoregressive prior.
+
+    Writes to --out: model.safetensors (EMA weights + config), train_state.safetensors (for --resume),
+    metrics.jsonl, training_options.json, loss.png, samples.png and samples/step-*.png.
+    """
+    if preset and data:
+        raise UserError("give either --preset or --data, not both")
+    if resume and overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it; choose one")
+    explicit = preset or (Path(data).stem if data else None)
+    preset = preset or (None if data else presets.DEFAULT_PRESET)
+    out = out or Path("runs") / (preset or Path(data).stem)
+
+    _check_out(out, resume, overwrite)
+    if resume:
+        saved = json.loads((out / "training_options.json").read_text())
+        opts = {"name": saved["name"], "data": from_dict(DataSpec, saved["data"]),
+                "model": from_dict(ModelConfig, saved["model"]), "train": from_dict(TrainConfig, saved["train"])}
+        if explicit and explicit != saved["name"]:
+            raise UserError(f"--resume continues {out}, which trains {saved['name']!r}; drop --preset/--data")
+        from ..data import load
+
+        ds = load(opts["data"])
+    else:
+        opts, ds = _build(preset, data, resolution or 0)
+
+    model, train = opts["model"], opts["train"]
+    changes = {k_: v for k_, v in dict(m=m, k=k, gumbel_tau=gumbel_tau, straight_through=straight_through,
+                                        latent_dropout=latent_dropout).items() if v is not None}
+    if resume and changes:
+        raise UserError(f"--resume keeps the saved model; drop {', '.join('--' + c for c in changes)}")
+    model = replace(model, **changes)
+    if model.m == 0:
+        model = replace(model, latent_dropout=0.0)
+    tchanges = {k_: v for k_, v in dict(steps=steps, prior_steps=prior_steps, batch=batch, lr=lr,
+                                         sample_every=sample_every, seed=seed).items() if v is not None}
+    train = replace(train, **tchanges)
+    options = {"name": opts["name"], "preset": None if data else preset, "data": to_dict(opts["data"]), "model": to_dict(model),
+               "train": to_dict(train), "command": sys.argv}
+    if dry_run:
+        click.echo(json.dumps(options, indent=2))
+        return
+
+    from . import dist as dist_mod
+    from .loop import train as train_fn
+
+    d = dist_mod.init(device)
+    try:
+        if overwrite and d.main:
+            for f in RUN_FILES:
+                (out / f).unlink(missing_ok=True)
+            shutil.rmtree(out / "samples", ignore_errors=True)
+        if d.main and not quiet:
+            click.echo(f"training {opts['name']}: {len(ds)} examples of shape {list(ds.data_shape)}, "
+                       f"m={model.m} latents x k={model.k} codes, {train.steps} + {train.prior_steps} steps "
+                       f"on {d.device} x{d.world} -> {out}", err=True)
+        try:
+            path = train_fn(out, ds, model, train, d, options, resume=resume, save_every=save_every,
+                            progress=not quiet)
+        except KeyboardInterrupt:
+            raise UserError(f"interrupted; the state is saved, continue with: discodiff-train --out {out} --resume")
+        if d.main and not quiet:
+            click.echo(f"wrote {path}, {out / 'samples.png'} and {out / 'loss.png'}", err=True)
+    finally:
+        dist_mod.shutdown(d)
+
+
+main = main_for(command, "discodiff-train")
+
+if __name__ == "__main__":
+    sys.exit(run(command, prog="discodiff-train"))
