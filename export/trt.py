@@ -1,0 +1,120 @@
+"""TensorRT engines from the bundle's ONNX graphs, through polygraphy. Imported lazily.
+
+Each engine: a strongly typed network parsed from the ONNX (precision comes from the graph's own
+casts: TensorRT 10.12 deprecates and TensorRT 11 removes weakly typed fp16 builds), one optimisation
+profile over the graph's batch range, and a timing cache kept in the bundle so rebuilds are fast.
+Each engine is checked against ONNX Runtime on random inputs before it is accepted.
+
+Where TensorRT or an NVIDIA GPU is missing, `require()` raises one clear `TrtUnavailable` line.
+"""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write
+from ..errors import UserError
+
+INSTALL_HINT = ("install TensorRT 10.12+ on a CUDA host (pip install tensorrt), or run without --trt "
+                "to use the ONNX bundle with ONNX Runtime")
+ENGINE_REL_TOL = {"mixed-fp16": 2e-2, "fp32": 5e-3}   # relative L2 vs ONNX Runtime (TF32 / fp16 kernels)
+
+
+class TrtUnavailable(UserError):
+    pass
+
+
+def _cudart():
+    from polygraphy import cuda
+
+    return cuda.wrapper().handle
+
+
+def gpu_info() -> dict:
+    """Name and compute capability of GPU 0, through the CUDA runtime (no torch)."""
+    rt = _cudart()
+    count = ctypes.c_int(0)
+    if rt.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value < 1:
+        raise TrtUnavailable(f"no NVIDIA GPU is visible to the CUDA runtime; {INSTALL_HINT}")
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    rt.cudaDeviceGetAttribute(ctypes.byref(major), 75, 0)   # cudaDevAttrComputeCapabilityMajor
+    rt.cudaDeviceGetAttribute(ctypes.byref(minor), 76, 0)   # cudaDevAttrComputeCapabilityMinor
+    props = ctypes.create_string_buffer(8192)                # cudaDeviceProp starts with char name[256]
+    rt.cudaGetDeviceProperties(props, 0)
+    return {"gpu": props.raw[:256].split(b"\0", 1)[0].decode(errors="replace"),
+            "compute_capability": f"{major.value}.{minor.value}"}
+
+
+def require() -> dict:
+    """-> {"tensorrt": version, "gpu": name, "compute_capability": "9.0"}, or TrtUnavailable."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TrtUnavailable(f"TensorRT engines need TensorRT and an NVIDIA GPU, and the tensorrt package is not "
+                             f"installed; {INSTALL_HINT}") from None
+    try:
+        info = gpu_info()
+    except TrtUnavailable:
+        raise
+    except Exception as e:  # noqa: BLE001 - no libcudart, driver errors
+        raise TrtUnavailable(f"TensorRT engines need an NVIDIA GPU and the CUDA runtime ({e}); {INSTALL_HINT}") from None
+    return {"tensorrt": trt.__version__, **info}
+
+
+def _profile(spec: dict):
+    from polygraphy.backend.trt import Profile
+
+    b = spec["batch"]
+    prof = Profile()
+    for t in spec["inputs"]:
+        if "B" in t["shape"]:
+            dims = [tuple(n if d == "B" else d for d in t["shape"]) for n in (b["min"], b["opt"], b["max"])]
+            prof.add(t["name"], min=dims[0], opt=dims[1], max=dims[2])
+    return prof
+
+
+def build_engine(onnx_path: Path, spec: dict, engine_path: Path, timing_cache: Path) -> None:
+    """Build a strongly typed engine for `onnx_path` with one profile over the batch range."""
+    from polygraphy.backend.trt import CreateConfig, engine_bytes_from_network, network_from_onnx_path
+
+    network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
+    config = CreateConfig(profiles=[_profile(spec)],
+                          load_timing_cache=str(timing_cache) if timing_cache.exists() else None)
+    data = engine_bytes_from_network(network, config=config, save_timing_cache=str(timing_cache))
+    if data is None:
+        raise UserError(f"TensorRT could not build an engine for {onnx_path.name}; see the TensorRT log above")
+    atomic_write(engine_path, lambda tmp: Path(tmp).write_bytes(bytes(data)))
+
+
+def check_engine(engine_path: Path, spec: dict, onnx_path: Path, rng: np.random.Generator) -> dict:
+    """Engine vs ONNX Runtime on random inputs at the profile's opt batch: relative L2 per output."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    from ..runtime.backends.ort import OrtBackend
+
+    batch = spec["batch"]["opt"]
+    feeds = {}
+    for t in spec["inputs"]:
+        shape = tuple(batch if d == "B" else d for d in t["shape"])
+        if t["dtype"] == "int32":
+            feeds[t["name"]] = rng.integers(0, 2, size=shape).astype(np.int32)
+        elif t["name"] == "sigma":
+            feeds[t["name"]] = np.exp(rng.uniform(np.log(0.002), np.log(80), size=shape)).astype(np.float32)
+        else:
+            feeds[t["name"]] = rng.standard_normal(shape).astype(np.float32)
+    ref = OrtBackend({spec["name"]: spec}, {spec["name"]: onnx_path}).run(spec["name"], feeds)
+    with TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path)))) as runner:
+        out = runner.infer(feeds)
+    errs = {}
+    for name, r in ref.items():
+        o = np.asarray(out[name]).astype(np.float64)
+        errs[name] = float(np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-12))
+    tol = ENGINE_REL_TOL.get(spec["precision"], ENGINE_REL_TOL["fp32"])
+    worst = max(errs.values())
+    if worst > tol:
+        raise UserError(f"TensorRT engine {engine_path.name} differs from ONNX Runtime (relative L2 {worst:.2e} > {tol:g}); "
+                        "the engine was not added to the bundle")
+    return {"rel_l2": errs, "batch": batch, "tol": tol}
