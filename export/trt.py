@@ -9,7 +9,6 @@ Where TensorRT or an NVIDIA GPU is missing, `require()` raises one clear `TrtUna
 """
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -26,27 +25,6 @@ class TrtUnavailable(UserError):
     pass
 
 
-def _cudart():
-    from polygraphy import cuda
-
-    return cuda.wrapper().handle
-
-
-def gpu_info() -> dict:
-    """Name and compute capability of GPU 0, through the CUDA runtime (no torch)."""
-    rt = _cudart()
-    count = ctypes.c_int(0)
-    if rt.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value < 1:
-        raise TrtUnavailable(f"no NVIDIA GPU is visible to the CUDA runtime; {INSTALL_HINT}")
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    rt.cudaDeviceGetAttribute(ctypes.byref(major), 75, 0)   # cudaDevAttrComputeCapabilityMajor
-    rt.cudaDeviceGetAttribute(ctypes.byref(minor), 76, 0)   # cudaDevAttrComputeCapabilityMinor
-    props = ctypes.create_string_buffer(8192)                # cudaDeviceProp starts with char name[256]
-    rt.cudaGetDeviceProperties(props, 0)
-    return {"gpu": props.raw[:256].split(b"\0", 1)[0].decode(errors="replace"),
-            "compute_capability": f"{major.value}.{minor.value}"}
-
-
 def require() -> dict:
     """-> {"tensorrt": version, "gpu": name, "compute_capability": "9.0"}, or TrtUnavailable."""
     try:
@@ -54,13 +32,12 @@ def require() -> dict:
     except ImportError:
         raise TrtUnavailable(f"TensorRT engines need TensorRT and an NVIDIA GPU, and the tensorrt package is not "
                              f"installed; {INSTALL_HINT}") from None
-    try:
-        info = gpu_info()
-    except TrtUnavailable:
-        raise
-    except Exception as e:  # noqa: BLE001 - no libcudart, driver errors
-        raise TrtUnavailable(f"TensorRT engines need an NVIDIA GPU and the CUDA runtime ({e}); {INSTALL_HINT}") from None
-    return {"tensorrt": trt.__version__, **info}
+    from ..runtime.backends.trt import available, gpu_stamp
+
+    ok, why = available()
+    if not ok:
+        raise TrtUnavailable(f"TensorRT engines need TensorRT and an NVIDIA GPU ({why}); {INSTALL_HINT}")
+    return {"tensorrt": trt.__version__, **gpu_stamp()}
 
 
 def _profile(spec: dict):
