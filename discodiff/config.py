@@ -74,6 +74,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     p_mean: float = -1.2               # EDM: ln(sigma) ~ N(p_mean, p_std^2)
     p_std: float = 1.2
+    code_balance: float = 0.0         # weight of the code-usage balance term (0 = plain DisCo-Diff loss)
+    tau_start: float = 0.0             # Gumbel temperature at step 0, annealed to model.gumbel_tau (0 = constant)
     prior_steps: int = 1000            # stage 2 (autoregressive prior)
     prior_batch: int = 256
     prior_lr: float = 2e-3

@@ -33,6 +33,10 @@ class GroupNorm32(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalisation without the affine (callers fold weight and bias into what follows)."""
+        return F.group_norm(x.float(), self.num_groups, None, None, self.eps).to(x.dtype)
+
 
 class LayerNorm32(nn.LayerNorm):
     """LayerNorm in float32 whatever the activation dtype."""

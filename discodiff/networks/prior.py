@@ -8,8 +8,9 @@ in one table: labels at 0..num_classes, latent codes at num_classes+1+c.
 Two forwards over the same weights:
 - `forward(tokens)`: all positions at once with a causal mask (the recompute graph);
 - `step(token, pos, k_cache, v_cache)`: one position with an explicit static-size KV cache
-  [layers, B, heads, max_len, head_dim]. The cache write is a masked blend, not a scatter, so the
-  exported graph has no ScatterND/If/Loop and runs on ONNX Runtime, TensorRT and CUDA graphs alike.
+  [layers, B, heads, max_len, head_dim]. The cache write is a masked blend (a Where on the position
+  mask), not a scatter, so the exported graph has no ScatterND/If/Loop and runs on ONNX Runtime,
+  TensorRT and CUDA graphs alike.
 """
 from __future__ import annotations
 
@@ -87,13 +88,13 @@ class Prior(nn.Module):
         slots = torch.arange(self.max_len, device=token.device, dtype=pos.dtype)   # [max_len]
         ids = token + (pos > 0).to(token.dtype) * (self.num_classes + 1)           # [B]
         x = (self.tok_emb(ids) + self.pos_emb.index_select(0, pos))[:, None, :]      # [B, 1, W]
-        write = (slots == pos).to(k_cache.dtype)[:, None]                          # [max_len, 1]
+        write = (slots == pos)[:, None]                                             # [max_len, 1] bool
         visible = (slots <= pos)[None, None, None, :]                              # [1, 1, 1, max_len]
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
             q, k, v = block.qkv_heads(x)                                            # [B, H, 1, Dh]
-            kc = k_cache[i] * (1 - write) + k * write                               # masked blend
-            vc = v_cache[i] * (1 - write) + v * write
+            kc = torch.where(write, k, k_cache[i])                                  # masked blend (a select)
+            vc = torch.where(write, v, v_cache[i])
             x = block.finish(x, attention(q, kc, vc, visible))
             new_k.append(kc)
             new_v.append(vc)

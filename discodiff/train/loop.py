@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,14 +70,33 @@ class Stage1(nn.Module):
         self.denoiser, self.encoder = model.denoiser, model.encoder
         self.cfg = model.cfg
 
-    def forward(self, y, labels, sigma, noise, gen):
+    def forward(self, y, labels, sigma, noise, gen, tau: float, balance: float):
         cfg = self.cfg
         weights, logits = None, None
         if self.encoder is not None:
             logits = self.encoder(y)                                                # [B, m, k]
-            weights = gumbel_weights(logits, cfg.gumbel_tau, cfg.straight_through, cfg.latent_dropout, gen)
-        loss = edm_loss(self.denoiser, y, sigma, noise, cfg.sigma_data, latent_weights=weights, class_labels=labels)
-        return loss.mean(), logits
+            weights = gumbel_weights(logits, tau, cfg.straight_through, cfg.latent_dropout, gen)
+        loss = edm_loss(self.denoiser, y, sigma, noise, cfg.sigma_data, latent_weights=weights,
+                        class_labels=labels).mean()
+        if logits is not None and balance > 0:
+            loss = loss + balance * code_imbalance(logits)
+        return loss, logits
+
+
+def code_imbalance(logits: torch.Tensor) -> torch.Tensor:
+    """1 - H(p_bar)/log k, averaged over latents, where p_bar [m, k] is the batch-mean code
+    distribution: 0 when the batch uses all codes evenly, 1 when it uses one. Keeps codes from
+    collapsing without asking any single example to be uncertain."""
+    p_bar = logits.softmax(-1).mean(0)                                              # [m, k]
+    entropy = -(p_bar * p_bar.clamp_min(1e-12).log()).sum(-1)                       # [m]
+    return (1 - entropy / math.log(logits.shape[-1])).mean()
+
+
+def gumbel_tau(step: int, total: int, start: float, end: float) -> float:
+    """Geometric annealing of the Gumbel-softmax temperature from `start` to `end` (constant if start = 0)."""
+    if start <= 0:
+        return end
+    return start * (end / start) ** min(step / max(total - 1, 1), 1.0)
 
 
 def ema_update(ema: nn.Module, net: nn.Module, step: int, halflife: float) -> None:
@@ -166,7 +186,8 @@ def train(out: Path, ds: Dataset, cfg: ModelConfig, tc: TrainConfig, dist: Dist,
             noise = torch.randn(y.shape, generator=gen, device=dev)
             for g in opt1.param_groups:
                 g["lr"] = _lr(step1, tc.lr, tc.lr_warmup)
-            loss, logits = ddp1(y, labels, sigma, noise, gen)
+            tau = gumbel_tau(step1, tc.steps, tc.tau_start, cfg.gumbel_tau)
+            loss, logits = ddp1(y, labels, sigma, noise, gen, tau, tc.code_balance)
             opt1.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
