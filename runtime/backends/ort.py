@@ -30,16 +30,22 @@ def providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+# Graphs too small to gain from a second thread. Each session has its own intra-op pool whose workers
+# spin after a run; a multi-threaded prior session would keep spinning while the denoiser runs and slow
+# it by ~4 % (measured with benchmarks/latency.py). One thread is also faster for the prior step itself.
+SINGLE_THREAD_GRAPHS = ("prior_step", "prior_recompute")
+
+
 class OrtBackend(Backend):
     name = "ort"
 
     def __init__(self, specs: dict[str, dict], paths: dict[str, Path], device: str = "cpu", threads: int | None = None):
         super().__init__(specs)
         self.device = device
-        so = session_options(threads)
         prov = providers(device)
         self.sessions: dict[str, ort.InferenceSession] = {}
         for name, path in paths.items():
+            so = session_options(1 if name in SINGLE_THREAD_GRAPHS else threads)
             try:
                 self.sessions[name] = ort.InferenceSession(str(path), sess_options=so, providers=prov)
             except Exception as e:  # noqa: BLE001 - ORT raises several types for a bad file
