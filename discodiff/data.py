@@ -95,7 +95,13 @@ def load_npy(path: Path) -> Dataset:
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    log = cv2.utils.logging
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)  # a damaged file gets our one-line error, not OpenCV's warning too
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    finally:
+        log.setLogLevel(level)
     if img is None:
         raise UserError(f"cannot decode image {where}: the file is corrupt or not an image; remove or replace it")
     if img.ndim == 2:

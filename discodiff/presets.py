@@ -38,7 +38,7 @@ _PRESETS: dict[str, dict] = {
             encoder=EncoderConfig(width=64, depth=2, heads=4, patch=4),
             prior=PriorConfig(width=64, depth=2, heads=4),
         ),
-        train=TrainConfig(steps=3000, batch=64, lr=2e-3, lr_warmup=200, ema_halflife=300,
+        train=TrainConfig(steps=3000, batch=64, lr=2e-3, lr_warmup=200, ema_halflife=300, code_balance=0.1,
                           prior_steps=600, prior_batch=256, sample_every=1000),
     ),
     "toy8-tiny": dict(

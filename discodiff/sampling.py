@@ -35,6 +35,7 @@ def prior_step_fn(prior, batch: int, device, use_cache: bool = True) -> Callable
     state["v"] = torch.zeros_like(state["k"])
     seq = torch.zeros(batch, prior.max_len, dtype=torch.int32, device=device)
 
+    @torch.no_grad()
     def step(prev: np.ndarray, pos: int) -> np.ndarray:
         token = torch.from_numpy(np.ascontiguousarray(prev, np.int32)).to(device)
         if use_cache:

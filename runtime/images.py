@@ -60,9 +60,11 @@ def save_scatter(path: Path, x: np.ndarray, colour: np.ndarray | None = None, ti
     if reference is not None:
         ax.scatter(reference[:, 0], reference[:, 1], s=2, c="lightgrey", label="data")
     ys = x[:, 1] if x.shape[1] > 1 else np.zeros(len(x))
-    sc = ax.scatter(x[:, 0], ys, s=2, c=colour if colour is not None else "tab:blue", cmap="tab10")
     if colour is not None:
+        sc = ax.scatter(x[:, 0], ys, s=2, c=colour, cmap="tab10")
         fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.04, label="latent token")
+    else:
+        ax.scatter(x[:, 0], ys, s=2, c="tab:blue")
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(title)
     fig.tight_layout()

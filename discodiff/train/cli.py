@@ -101,6 +101,7 @@ def command(preset, data, resolution, out, steps, prior_steps, batch, lr, m, k, 
     _check_out(out, resume, overwrite)
     if resume:
         saved = json.loads((out / "training_options.json").read_text())
+        preset = saved.get("preset")
         opts = {"name": saved["name"], "data": from_dict(DataSpec, saved["data"]),
                 "model": from_dict(ModelConfig, saved["model"]), "train": from_dict(TrainConfig, saved["train"])}
         if explicit and explicit != saved["name"]:
@@ -122,7 +123,7 @@ def command(preset, data, resolution, out, steps, prior_steps, batch, lr, m, k, 
     tchanges = {k_: v for k_, v in dict(steps=steps, prior_steps=prior_steps, batch=batch, lr=lr,
                                          sample_every=sample_every, seed=seed).items() if v is not None}
     train = replace(train, **tchanges)
-    options = {"name": opts["name"], "preset": None if data else preset, "data": to_dict(opts["data"]), "model": to_dict(model),
+    options = {"name": opts["name"], "preset": preset if not data else None, "data": to_dict(opts["data"]), "model": to_dict(model),
                "train": to_dict(train), "command": sys.argv}
     if dry_run:
         click.echo(json.dumps(options, indent=2))

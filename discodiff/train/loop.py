@@ -138,15 +138,20 @@ def train(out: Path, ds: Dataset, cfg: ModelConfig, tc: TrainConfig, dist: Dist,
     step1 = step2 = 0
 
     if resume:
+        prior_init = copy.deepcopy(model.prior.state_dict()) if model.prior is not None else None
         st = ckpt.load_state(files.state)
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt1.load_state_dict(st["opt1"])
-        if opt2 is not None and st.get("opt2") is not None:
-            opt2.load_state_dict(st["opt2"])
         step1, step2 = int(st["step1"]), int(st["step2"])
         if step1 < tc.steps:
-            step2 = 0  # stage 1 goes on, so the tokens change: the prior is trained afresh
+            # Stage 1 goes on, so the tokens change: the prior restarts from its initial weights and a
+            # fresh optimiser, exactly as in a run that never stopped.
+            step2 = 0
+            if prior_init is not None:
+                model.prior.load_state_dict(prior_init)
+        elif opt2 is not None and st.get("opt2") is not None:
+            opt2.load_state_dict(st["opt2"])
         if dist.main:
             truncate_metrics(files.metrics, step1, step2)
     elif dist.main:
