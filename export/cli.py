@@ -25,8 +25,8 @@ DEFAULT_CHECKPOINT = Path("runs") / DEFAULT_PRESET / "model.safetensors"
               help="Bundle directory (default: 'bundle' beside the checkpoint). An existing bundle there is replaced.")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="Largest sampling batch (the denoiser graph takes 2x for guidance).")
-@click.option("--opt-batch", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Batch size TensorRT optimises for.")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=None,
+              help="Batch size TensorRT optimises for (default: 32, or --max-batch if smaller).")
 @click.option("--solver", type=click.Choice(["heun", "euler", "dpm2m"]), default="heun", show_default=True,
               help="Default solver recorded in the manifest.")
 @click.option("--steps", type=click.IntRange(min=1), default=18, show_default=True,
@@ -40,6 +40,7 @@ def command(checkpoint, out, max_batch, opt_batch, solver, steps, trt, quiet):
     (static KV cache), prior_recompute.onnx and manifest.json (hashes, shapes, parity figures, TensorRT
     lint). Every export is checked against PyTorch; a mismatch exits non-zero and leaves no bundle.
     """
+    opt_batch = opt_batch or min(32, max_batch)
     if opt_batch > max_batch:
         raise UserError(f"--opt-batch {opt_batch} is larger than --max-batch {max_batch}; lower it")
     out = out or checkpoint.parent / "bundle"

@@ -98,8 +98,6 @@ def command(bundle, n, seed, batch, steps, solver, churn, class_, guidance, temp
         raise UserError(f"--solver {solver!r} is unknown; choose one of {', '.join(SOLVERS)}")
     if churn < 0 or temperature < 0:
         raise UserError("--churn and --temperature must be >= 0")
-    if churn > 0 and solver == "dpm2m":
-        raise UserError("--churn works with the heun and euler solvers only; drop --churn or change --solver")
     shard_t = parse_shard(shard)
     out = out or Path(bundle).parent / "samples"
     if out.exists() and not out.is_dir():
@@ -113,6 +111,9 @@ def command(bundle, n, seed, batch, steps, solver, churn, class_, guidance, temp
     man, pipe = opened.manifest, opened.pipeline
     solver = solver or man["sampling"]["solver"]
     steps = steps or man["sampling"]["steps"]
+    if churn > 0 and solver == "dpm2m":
+        opened.backend.close()
+        raise UserError("--churn works with the heun and euler solvers only; drop --churn or pass --solver heun")
     label = parse_class(class_, man)
     max_batch = man["graphs"]["denoiser"]["batch"]["max"] // 2
     if batch > max_batch:
@@ -120,6 +121,10 @@ def command(bundle, n, seed, batch, steps, solver, churn, class_, guidance, temp
                         "with a larger --max-batch")
 
     seeds = shard_seeds(seed, n, shard_t)
+    if len(seeds) == 0:  # more shards than samples: this shard's share of the union is empty
+        opened.backend.close()
+        click.echo(f"shard {shard_t[0]}/{shard_t[1]} of {n} samples is empty; nothing to write")
+        return
     draws = draw(seeds, tuple(man["data_shape"]), man["m"], man["num_classes"], label)
     xs, toks = [], []
     t_prior = t_ode = 0.0

@@ -37,6 +37,7 @@ def load_manifest(bundle: Path, verify: bool = True) -> dict:
         raise UserError(f"{bundle} has bundle schema {man.get('schema')}, this runtime reads schema {SCHEMA}; "
                         f"{REEXPORT} from the same toolkit version")
     try:
+        _check_keys(man)
         _check_shapes(man)
     except (KeyError, TypeError, ValueError, StopIteration) as e:
         raise UserError(f"{path} is malformed ({type(e).__name__}: {e}); {REEXPORT}")
@@ -55,6 +56,28 @@ def verify_file(bundle: Path, entry: dict, what: str) -> Path:
         raise UserError(f"{what}: {f} does not match its sha256 in the manifest (the file was changed or damaged); "
                         f"{REEXPORT}")
     return f
+
+
+REQUIRED = ("data_shape", "num_classes", "m", "k", "edm", "sampling", "graphs")
+REQUIRED_EDM = ("sigma_min", "sigma_max", "rho")
+REQUIRED_GRAPH = ("file", "sha256", "inputs", "outputs", "batch", "precision")
+
+
+def _check_keys(man: dict) -> None:
+    for key in REQUIRED:
+        if key not in man:
+            raise KeyError(key)
+    for key in REQUIRED_EDM:
+        if key not in man["edm"]:
+            raise KeyError(f"edm.{key}")
+    for key in ("solver", "steps"):
+        if key not in man["sampling"]:
+            raise KeyError(f"sampling.{key}")
+    for kind, needed in (("graphs", REQUIRED_GRAPH), ("engines", ("file", "sha256"))):
+        for name, entry in (man.get(kind) or {}).items():
+            for key in needed:
+                if key not in entry:
+                    raise KeyError(f"{kind}.{name}.{key}")
 
 
 def _io(entry: dict, kind: str, name: str) -> list:

@@ -1,0 +1,125 @@
+"""Probes of the latency benchmark, each run in its own process by benchmarks/latency.py:
+
+    matmul   the machine's float32 matmul rate (GFLOP/s) with the same threads: the compute floor's divisor
+    flops    the denoiser's FLOPs per sample (matmuls and convolutions, counted by torch)
+    prior32  KV-cache vs recompute prior graphs at 32 tokens on ONNX Runtime (a prior of the bundle's
+             width and depth with max_len 32, random weights: this measures speed, not quality)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def matmul_rate(n: int = 1024, repeats: int = 20) -> dict:
+    """Float32 matmul GFLOP/s with each library at hand (torch, numpy, ONNX Runtime), default threads.
+    The compute floor divides by the fastest: the machine's best matmul rate, not one library's."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper
+
+    a, b = np.random.default_rng(0).standard_normal((2, n, n)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    sess = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                                  ir_version=onnx.IR_VERSION_2023_5_5).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    fns = {"torch": lambda: ta @ tb, "numpy": lambda: a @ b, "onnxruntime": lambda: sess.run(None, {"a": a, "b": b})}
+    rates = {}
+    for name, fn in fns.items():
+        for _ in range(3):
+            fn()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        rates[name] = 2 * n**3 / float(np.median(ts)) / 1e9
+    best = max(rates, key=rates.get)
+    return {"n": n, "gflops": rates[best], "best": best, "by_library": rates, "threads": torch.get_num_threads()}
+
+
+def denoiser_flops(checkpoint: Path) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from discodiff.checkpoint import load_model
+
+    model, _ = load_model(checkpoint)
+    cfg = model.cfg
+    x = torch.randn(1, *cfg.data_shape)
+    kw = {"tokens": torch.zeros(1, cfg.m, dtype=torch.int32) if cfg.m else None,
+          "class_labels": torch.zeros(1, dtype=torch.int32) if cfg.num_classes else None}
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.denoiser(x, torch.ones(1), **kw)
+    return {"flops_per_sample": int(fc.get_total_flops()),
+            "params": sum(p.numel() for p in model.denoiser.parameters())}
+
+
+def prior32(checkpoint: Path, tokens: int = 32, repeats: int = 7) -> dict:
+    import torch
+
+    from discodiff.checkpoint import read_info
+    from discodiff.config import ModelConfig, from_dict, replace
+    from discodiff.export.bundle import example_inputs, spec_entry
+    from discodiff.export.graphs import graph_specs
+    from discodiff.export.onnx_export import export_graph
+    from discodiff.networks import DisCoDiff
+    from discodiff.runtime.backends.ort import OrtBackend
+    from discodiff.runtime.pipeline import ModelMeta, Pipeline
+    from discodiff.runtime.tokens import sample_tokens
+
+    cfg = replace(from_dict(ModelConfig, read_info(checkpoint)["model"]), m=tokens)
+    torch.manual_seed(0)
+    model = DisCoDiff(cfg).eval()
+    specs = graph_specs(model, max_batch=32)
+    rng = np.random.default_rng(0)
+    out: dict = {"tokens": tokens, "prior": {"width": cfg.prior.width, "depth": cfg.prior.depth,
+                                             "heads": cfg.prior.heads}}
+    with tempfile.TemporaryDirectory() as tmp:
+        entries, paths = {}, {}
+        for name in ("prior_step", "prior_recompute"):
+            spec, wrapper = specs[name]
+            paths[name] = Path(tmp) / f"{name}.onnx"
+            export_graph(wrapper, spec, paths[name], example_inputs(model, spec, rng))
+            entries[name] = spec_entry(spec)
+        pipe = Pipeline(OrtBackend(entries, paths), ModelMeta(cfg.data_shape, cfg.m, cfg.k, cfg.num_classes))
+        for batch in (1, 32):
+            labels = np.zeros(batch, np.int32)
+            u = rng.random((batch, tokens))
+            row = {}
+            for mode in ("cache", "recompute"):
+                ts, toks = [], None
+                for i in range(repeats + 1):
+                    t0 = time.perf_counter()
+                    toks = sample_tokens(pipe.prior_step_fn(batch, mode == "cache"), labels, u)
+                    if i:
+                        ts.append(time.perf_counter() - t0)
+                row[mode] = {"median_s": float(np.median(ts)), "tokens": toks}
+            row["tokens_equal"] = bool(np.array_equal(row["cache"].pop("tokens"), row["recompute"].pop("tokens")))
+            row["speedup"] = row["recompute"]["median_s"] / row["cache"]["median_s"]
+            out[f"batch{batch}"] = row
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("probe", choices=("matmul", "flops", "prior32"))
+    ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--json", type=Path, required=True)
+    a = ap.parse_args()
+    res = {"matmul": lambda: matmul_rate(), "flops": lambda: denoiser_flops(a.checkpoint),
+           "prior32": lambda: prior32(a.checkpoint)}[a.probe]()
+    a.json.write_text(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

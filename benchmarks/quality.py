@@ -1,0 +1,302 @@
+"""What the discrete latents buy: DisCo-Diff against a plain EDM model of the same size and budget.
+
+    python benchmarks/quality.py                  # toy8 (the paper's toy) and shapes; trains what it needs
+    python benchmarks/quality.py --only toy8 --toy-disco runs/toy8/model.safetensors
+    python benchmarks/quality.py --data my_vectors.npy    # the toy report for any vector data set
+    python benchmarks/quality.py --quick          # smoke run on the tiny presets (tests use it)
+
+Toy: 2-Wasserstein distance to fresh ground truth by exact optimal assignment (n points, 3 seeds) with
+the truth-vs-truth floor and the excess over it, off-mode share and mode balance, latent purity and
+code use, and ODE-trajectory curvature, at Heun and Euler NFE 5..99. Images (shapes): a classifier
+trained here on real images labels generated samples; label histograms, confidence, class adherence,
+and the agreement of the learned tokens with the true colour and shape (NMI).
+Writes benchmarks/results/quality_toy8.json, quality_shapes.json and PNGs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from discodiff import presets
+from discodiff.checkpoint import load_model
+from discodiff.config import DataSpec, replace
+from discodiff.data import load, spec_for_path, toy8, toy8_centres
+from discodiff.runtime.schedule import sigma_steps
+from discodiff.runtime.solvers import solve
+from discodiff.sampling import sample
+from discodiff.train.dist import Dist
+from discodiff.train.loop import train
+
+import quality_metrics as qm
+
+HERE = Path(__file__).resolve().parent
+HEUN_STEPS = (3, 5, 10, 18, 50)          # NFE 5, 9, 19, 35, 99
+EULER_STEPS = (5, 9, 19, 35, 99)         # the same NFE
+TOY_STD, TOY_RADIUS = 0.2, 3.0
+OFF_MODE = 3 * TOY_STD                   # farther than 3 std from every centre
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def train_or_load(path: Path | None, work: Path, name: str, preset: str, latents: int, steps: int | None,
+                  ds=None, spec: DataSpec | None = None):
+    """Load `path` if given, else train `preset` (or `ds`) with `latents` into work/name (reused if there)."""
+    if path is not None:
+        return load_model(path)[0]
+    out = work / name
+    if (out / "model.safetensors").exists():
+        log(f"reusing {out / 'model.safetensors'}")
+        return load_model(out / "model.safetensors")[0]
+    if ds is None:
+        spec, model_cfg, tc = presets.get(preset)
+        ds = load(spec)
+    else:
+        model_cfg, tc = presets.model_for(ds)
+    model_cfg = replace(model_cfg, m=latents, latent_dropout=model_cfg.latent_dropout if latents else 0.0)
+    tc = replace(tc, steps=steps or tc.steps, sample_every=0)
+    log(f"training {name}: {preset or 'data'} m={latents}, {tc.steps} steps ...")
+    t0 = time.time()
+    train(out, ds, model_cfg, tc, Dist(), {"benchmark": "quality", "name": name}, progress=False)
+    log(f"  {time.time() - t0:.0f} s")
+    return load_model(out / "model.safetensors")[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Toy
+
+
+def nfe(solver: str, steps: int) -> int:
+    return 2 * steps - 1 if solver == "heun" else steps
+
+
+def toy_eval(models: dict, truth, n: int, seeds: list[int], grid: list[tuple[str, int]], known: bool) -> dict:
+    """W2 / excess / off-mode / mode TV / purity for each model and (solver, steps)."""
+    floors = [qm.w2(truth(n, 10_000 + s), truth(n, 20_000 + s)) for s in seeds]
+    centres = toy8_centres(TOY_RADIUS)
+    truth_off = [qm.off_mode_share(truth(n, 30_000 + s), centres, OFF_MODE) for s in seeds] if known else None
+    rows = []
+    for name, model in models.items():
+        for solver, steps in grid:
+            per = []
+            for s in seeds:
+                out = sample(model, np.arange(n) + 100_000 * (s + 1), steps=steps, solver=solver, batch=n)
+                ref = truth(n, 40_000 + s)
+                w = qm.w2(out.x, ref)
+                r = {"w2": w, "excess_w2": qm.excess(w, floors[seeds.index(s)])}
+                if known:
+                    off = qm.off_mode_share(out.x, centres, OFF_MODE)
+                    r.update(off_mode=off, excess_off_mode=max(off - truth_off[seeds.index(s)], 0.0),
+                             mode_tv=qm.mode_tv(out.x, centres))
+                    if model.cfg.m:
+                        comp = qm.nearest(out.x, centres)[0]
+                        r.update(purity=qm.purity(out.tokens[:, 0], comp),
+                                 code_shares=qm.code_shares(out.tokens[:, 0], model.cfg.k))
+                per.append(r)
+            agg = {"model": name, "solver": solver, "steps": steps, "nfe": nfe(solver, steps)}
+            for key in per[0]:
+                if key == "code_shares":
+                    agg[key] = np.mean([p[key] for p in per], axis=0).round(4).tolist()
+                else:
+                    vals = [p[key] for p in per]
+                    agg[key], agg[key + "_std"] = float(np.mean(vals)), float(np.std(vals))
+            rows.append(agg)
+            log(f"  {name:6s} {solver:5s} NFE {agg['nfe']:3d}: W2 {agg['w2']:.3f} excess {agg['excess_w2']:.3f}"
+                + (f" off-mode {100 * agg['off_mode']:.2f}%" if known else "")
+                + (f" purity {agg['purity']:.3f}" if "purity" in agg else ""))
+    out = {"floor_w2": float(np.mean(floors)), "floor_w2_std": float(np.std(floors)), "rows": rows}
+    if known:
+        out["truth_off_mode"] = float(np.mean(truth_off))
+    return out
+
+
+def trajectories(model, n: int, steps: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Heun trajectories of n samples, [steps+1, n, d] states, and the noise level of each state."""
+    cfg = model.cfg
+    from discodiff.runtime.draws import draw
+    from discodiff.sampling import denoise_fn, prior_step_fn
+    from discodiff.runtime.tokens import sample_tokens
+
+    d = draw(np.arange(n) + 7_000_000, cfg.data_shape, cfg.m, cfg.num_classes)
+    sig = sigma_steps(steps)
+    with torch.no_grad():
+        tok = sample_tokens(prior_step_fn(model.prior, n, "cpu"), d.labels, d.u) if cfg.m else None
+        D = denoise_fn(model.denoiser, torch.from_numpy(tok) if cfg.m else None, None, 1.0, cfg.k)
+        x = torch.from_numpy(d.noise) * float(sig[0])
+        states = [x.numpy().copy()]
+        solve("heun", D, x, sig, callback=lambda i, x: states.append(x.numpy().copy()))
+    return np.stack(states), sig
+
+
+def toy_targets(res: dict) -> list[dict]:
+    rows = {(r["model"], r["solver"], r["nfe"]): r for r in res["rows"]}
+    out = []
+
+    def add(name, value, ok):
+        out.append({"target": name, "value": value, "met": bool(ok)})
+
+    d, p = rows.get(("disco", "heun", 99)), rows.get(("plain", "heun", 99))
+    if d and p:
+        add("50 Heun steps: DisCo excess W2 <= 0.5 x plain", d["excess_w2"] / max(p["excess_w2"], 1e-9),
+            d["excess_w2"] <= 0.5 * p["excess_w2"])
+        add("50 Heun steps: DisCo excess off-mode <= 0.5 x plain",
+            d["excess_off_mode"] / max(p["excess_off_mode"], 1e-9), d["excess_off_mode"] <= 0.5 * p["excess_off_mode"])
+        add("50 Heun steps: latent purity >= 0.95", d["purity"], d["purity"] >= 0.95)
+        used = int(np.sum(np.array(d["code_shares"]) > 0.01))
+        add("50 Heun steps: all 8 codes in use (share > 1%)", used, used == 8)
+    d9, p35 = rows.get(("disco", "heun", 9)), rows.get(("plain", "heun", 35))
+    if d9 and p35:
+        add("DisCo Heun NFE 9 excess W2 <= plain Heun NFE 35", d9["excess_w2"] - p35["excess_w2"],
+            d9["excess_w2"] <= p35["excess_w2"])
+        add("DisCo Heun NFE 9 excess off-mode <= plain Heun NFE 35", d9["excess_off_mode"] - p35["excess_off_mode"],
+            d9["excess_off_mode"] <= p35["excess_off_mode"])
+    return out
+
+
+def toy_plots(models: dict, res: dict, curv: dict, out_dir: Path, stem: str, ref: np.ndarray, n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(models), figsize=(4.6 * len(models), 9), dpi=100, squeeze=False)
+    for j, (name, model) in enumerate(models.items()):
+        for i, steps in enumerate((5, 50)):
+            s = sample(model, np.arange(n) + 5_000_000, steps=steps, batch=n)
+            ax = axes[i, j]
+            ax.scatter(ref[:, 0], ref[:, 1], s=1, c="lightgrey")
+            if model.cfg.m:
+                ax.scatter(s.x[:, 0], s.x[:, 1], s=1, c=s.tokens[:, 0], cmap="tab10", vmin=0, vmax=9)
+            else:
+                ax.scatter(s.x[:, 0], s.x[:, 1], s=1, c="tab:blue")
+            ax.set_title(f"{name}: Heun {steps} steps (NFE {2 * steps - 1})", fontsize=10)
+            ax.set_aspect("equal")
+            ax.set_xlim(-4.5, 4.5)
+            ax.set_ylim(-4.5, 4.5)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{stem}_scatter.png")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    for key, ax, title in (("excess_w2", axes[0], "excess W2 over the truth-vs-truth floor"),
+                           ("off_mode", axes[1], "off-mode share")):
+        for name in models:
+            for solver, ls in (("heun", "-"), ("euler", "--")):
+                rows = [r for r in res["rows"] if r["model"] == name and r["solver"] == solver and key in r]
+                if rows:
+                    ax.plot([r["nfe"] for r in rows], [r[key] for r in rows], ls, marker="o", label=f"{name} {solver}")
+        if key == "off_mode" and "truth_off_mode" in res:
+            ax.axhline(res["truth_off_mode"], color="grey", lw=1, ls=":", label="true mixture")
+        ax.set_xscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{stem}_w2.png")
+    plt.close(fig)
+
+    if curv:
+        fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=100)
+        for name, (k, sig) in curv.items():
+            ax.plot(sig[1:-1], k, label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("noise level sigma (sampling runs right to left)")
+        ax.set_ylabel("mean curvature")
+        ax.set_title("ODE trajectory curvature (Heun, 100 steps)", fontsize=10)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{stem}_curvature.png")
+        plt.close(fig)
+
+
+def run_toy(a) -> dict:
+    quick = a.quick
+    n = a.n or (200 if quick else 4000)
+    seeds = [0] if quick else [0, 1, 2]
+    grid = ([("heun", 3), ("heun", 5), ("heun", 18), ("heun", 50), ("euler", 9)] if quick else
+            [("heun", s) for s in HEUN_STEPS] + [("euler", s) for s in EULER_STEPS])
+    work = a.work / ("toy8-quick" if quick else "toy8")
+    if a.data:
+        ds = load(spec_for_path(a.data))
+        rng = np.random.default_rng(0)
+        perm = rng.permutation(len(ds))
+        n = min(n, len(ds) // 3)
+        held, ds.x = ds.x[perm[:2 * n]], ds.x[perm[2 * n:]]
+        truth = lambda k, s: held[np.random.default_rng(s).permutation(len(held))[:k]]  # noqa: E731
+        known, stem = False, f"quality_{Path(a.data).stem}"
+        models = {"disco": train_or_load(a.toy_disco, work, "disco", "", 1, a.toy_steps, ds=ds),
+                  "plain": train_or_load(a.toy_plain, work, "plain", "", 0, a.toy_steps, ds=ds)}
+    else:
+        preset = "toy8-tiny" if quick else "toy8"
+        truth = lambda k, s: toy8(k, s).x  # noqa: E731
+        known, stem = True, "quality_toy8" + ("_quick" if quick else "")
+        models = {"disco": train_or_load(a.toy_disco, work, "disco", preset, 1, a.toy_steps),
+                  "plain": train_or_load(a.toy_plain, work, "plain", preset, 0, a.toy_steps)}
+    log(f"toy evaluation: n={n}, seeds {seeds}")
+    res = toy_eval(models, truth, n, seeds, grid, known)
+    curv = {}
+    for name, model in models.items():
+        traj, sig = trajectories(model, min(n, 1000))
+        k = qm.curvature(traj)
+        curv[name] = (k, sig)
+        res.setdefault("curvature", {})[name] = {"sigma": sig[1:-1].tolist(), "mean_curvature": k.tolist(),
+                                                  "overall": float(k.mean())}
+    if known:
+        res["targets"] = toy_targets(res)
+    res.update(n=n, seeds=seeds, models={k: {"m": m.cfg.m, "k": m.cfg.k,
+                                              "params": sum(p.numel() for p in m.denoiser.parameters())}
+                                          for k, m in models.items()})
+    toy_plots(models, res, curv, a.out_dir, stem, truth(n, 99), min(n, 2000))
+    (a.out_dir / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
+    for t in res.get("targets", []):
+        log(f"[{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']:.3g}")
+    log(f"wrote {a.out_dir / stem}.json and PNGs")
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=("toy8", "shapes"), default=None)
+    ap.add_argument("--data", type=str, default=None, help="vector data (.npy) for the toy report instead of toy8")
+    ap.add_argument("--toy-disco", type=Path, default=None, help="reuse this DisCo-Diff toy checkpoint")
+    ap.add_argument("--toy-plain", type=Path, default=None, help="reuse this plain toy checkpoint")
+    ap.add_argument("--toy-steps", type=int, default=None, help="training steps for both toy models")
+    ap.add_argument("--shapes-disco", type=Path, default=None, help="reuse this DisCo-Diff shapes checkpoint")
+    ap.add_argument("--shapes-plain", type=Path, default=None, help="reuse this plain shapes checkpoint")
+    ap.add_argument("--shapes-steps", type=int, default=None, help="training steps for both shapes models")
+    ap.add_argument("--n", type=int, default=None, help="points per W2 evaluation (default 4000)")
+    ap.add_argument("--work", type=Path, default=Path("runs/quality"), help="where trained models are kept")
+    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
+    ap.add_argument("--quick", action="store_true", help="tiny presets, few points: a smoke run")
+    a = ap.parse_args()
+    for p in (a.toy_disco, a.toy_plain, a.shapes_disco, a.shapes_plain):
+        if p is not None and not p.is_file():
+            print(f"quality.py: error: checkpoint {p} not found; pass a model.safetensors or drop the option",
+                  file=sys.stderr)
+            return 2
+    if a.n is not None and a.n < 10:
+        print("quality.py: error: --n must be >= 10", file=sys.stderr)
+        return 2
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+    if a.only in (None, "toy8") or a.data:
+        run_toy(a)
+    if a.only in (None, "shapes") and not a.data:
+        from quality_images import run_shapes
+
+        run_shapes(a, train_or_load, log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Smoke runs of the two benchmark scripts on tiny real models: they run, write their files, and the
+numbers they print hold together (fidelity of the float32 runtime, ratios consistent with timings)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from discodiff.cli_util import run
+from discodiff.export import cli as export_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_latency_quick(toy8_run, tmp_path):
+    bundle = tmp_path / "bundle"
+    assert run(export_cli.command, args=["--checkpoint", str(toy8_run / "model.safetensors"), "--out", str(bundle),
+                                         "--max-batch", "8", "--quiet"], prog="discodiff-export") == 0
+    out = tmp_path / "results"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency.py"), "--quick", "--rows",
+                        "torch-eager,ort-fp32", "--checkpoint", str(toy8_run / "model.safetensors"),
+                        "--bundle", str(bundle), "--out-dir", str(out), "--machine", "test"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((out / "latency-test-quick.json").read_text())
+    assert (out / "latency-test-quick.png").stat().st_size > 0
+    rows = {(x["row"], x["batch"]): x for x in rep["results"]}
+    assert set(rows) == {(row, b) for row in ("torch-eager", "ort-fp32") for b in (1, 4)}
+    for b in (1, 4):
+        ort, eager = rows[("ort-fp32", b)], rows[("torch-eager", b)]
+        assert ort["fidelity"]["max_abs"] <= 1e-4 and ort["fidelity"]["token_agreement"] == 1.0
+        assert eager["fidelity"]["max_abs"] == 0.0
+        ratio = eager["stages"]["end_to_end"]["median_ms"] / ort["stages"]["end_to_end"]["median_ms"]
+        assert ort["speedup_vs_torch-eager"] == pytest.approx(ratio)
+        assert ort["rounds_identical"]
+    assert rep["probes"]["matmul"]["gflops"] == max(rep["probes"]["matmul"]["by_library"].values())
+    q = rep["probes"]["prior32"]
+    assert q["batch1"]["tokens_equal"] and q["batch32"]["tokens_equal"]
+    assert "ort-fp32" in r.stdout and "compute floor" in r.stdout
+
+
+def test_latency_refuses_a_missing_bundle(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency.py"), "--checkpoint",
+                        str(tmp_path / "none.safetensors")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "discodiff-train" in r.stderr
+
+
+@pytest.mark.slow
+def test_quality_quick(tmp_path):
+    out = tmp_path / "results"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--quick", "--only", "toy8",
+                        "--work", str(tmp_path / "work"), "--out-dir", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((out / "quality_toy8_quick.json").read_text())
+    for f in ("scatter", "w2", "curvature"):
+        assert (out / f"quality_toy8_quick_{f}.png").stat().st_size > 0
+    models = {row["model"] for row in rep["rows"]}
+    assert models == {"disco", "plain"}
+    for row in rep["rows"]:
+        assert row["w2"] >= row["excess_w2"] >= 0
+        assert 0 <= row["off_mode"] <= 1
+        if row["model"] == "disco":
+            assert 0 < row["purity"] <= 1 and sum(row["code_shares"]) == pytest.approx(1.0, abs=1e-3)
+    assert rep["models"]["disco"]["m"] == 1 and rep["models"]["plain"]["m"] == 0
+    # same size: the plain model differs only by the latent embedding and its projection
+    assert rep["models"]["plain"]["params"] < rep["models"]["disco"]["params"] < 1.2 * rep["models"]["plain"]["params"]
+    assert len(rep["targets"]) == 6 and all(isinstance(t["met"], bool) for t in rep["targets"])
