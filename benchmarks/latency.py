@@ -76,10 +76,11 @@ def fidelity(x: np.ndarray, tok: np.ndarray, ref_x: np.ndarray, ref_tok: np.ndar
 
 def measure(a, rows: list[str], tmp: Path) -> dict:
     probes = {}
-    for probe in ("matmul", "flops", "prior32"):
+    for probe in ("matmul", "flops", "prior32", "ortopts"):
         print(f"probe {probe} ...", flush=True)
         f = tmp / f"{probe}.json"
-        run_py([str(HERE / "latency_probes.py"), probe, "--checkpoint", str(a.checkpoint), "--json", str(f)])
+        run_py([str(HERE / "latency_probes.py"), probe, "--checkpoint", str(a.checkpoint), "--bundle", str(a.bundle),
+                "--json", str(f)])
         probes[probe] = json.loads(f.read_text())
     results = []
     for batch in a.batches:
@@ -187,6 +188,8 @@ def table(report: dict) -> str:
         q = p["prior32"][f"batch{b}"]
         lines.append(f"prior at 32 tokens, batch {b}: KV cache {1000 * q['cache']['median_s']:.2f} ms, recompute "
                      f"{1000 * q['recompute']['median_s']:.2f} ms ({q['speedup']:.2f}x), tokens equal: {q['tokens_equal']}")
+    lines.append("ONNX Runtime session options, one denoiser call (ms): " + "; ".join(
+        f"batch {b[5:]}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()) for b, row in p["ortopts"].items()))
     lines.append("")
     for t in report["targets"]:
         lines.append(f"[{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']:.3g}")

@@ -4,6 +4,7 @@
     flops    the denoiser's FLOPs per sample (matmuls and convolutions, counted by torch)
     prior32  KV-cache vs recompute prior graphs at 32 tokens on ONNX Runtime (a prior of the bundle's
              width and depth with max_len 32, random weights: this measures speed, not quality)
+    ortopts  one denoiser call under ONNX Runtime session-option variants (why the runtime's are chosen)
 """
 from __future__ import annotations
 
@@ -110,14 +111,64 @@ def prior32(checkpoint: Path, tokens: int = 32, repeats: int = 7) -> dict:
     return out
 
 
+def ort_options(bundle: Path, repeats: int = 30) -> dict:
+    """One denoiser call under ONNX Runtime session-option variants, at batch 1 and 32: the
+    measurement behind the runtime's choice (ENABLE_ALL with NCHWc, all cores, spinning)."""
+    import onnxruntime as ort
+
+    from discodiff.runtime.backends.ort import session_options
+    from discodiff.runtime.manifest import load_manifest
+    from discodiff.runtime.pipeline import ModelMeta
+
+    man = load_manifest(bundle)
+    meta = ModelMeta.from_manifest(man)
+    path = str(bundle / man["graphs"]["denoiser"]["file"])
+
+    def variant(name):
+        so = session_options()
+        if name == "1 thread":
+            so.intra_op_num_threads = 1
+        elif name == "no spinning":
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        elif name == "extended (no NCHWc layout)":
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        elif name == "batch dimension fixed":
+            so.add_free_dimension_override_by_name("B", batch)
+        return so
+
+    out = {}
+    rng = np.random.default_rng(0)
+    for batch in (1, 32):
+        feeds = {"x": rng.standard_normal((batch, *meta.data_shape)).astype(np.float32),
+                 "sigma": np.ones(batch, np.float32)}
+        if meta.m:
+            feeds["tokens"] = np.zeros((batch, meta.m), np.int32)
+        if meta.num_classes:
+            feeds["class_labels"] = np.zeros(batch, np.int32)
+        row = {}
+        for name in ("runtime default", "1 thread", "no spinning", "extended (no NCHWc layout)", "batch dimension fixed"):
+            sess = ort.InferenceSession(path, variant(name), providers=["CPUExecutionProvider"])
+            for _ in range(5):
+                sess.run(None, feeds)
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                sess.run(None, feeds)
+                ts.append(time.perf_counter() - t0)
+            row[name] = float(np.median(ts)) * 1000
+        out[f"batch{batch}"] = row
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("probe", choices=("matmul", "flops", "prior32"))
+    ap.add_argument("probe", choices=("matmul", "flops", "prior32", "ortopts"))
     ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--bundle", type=Path)
     ap.add_argument("--json", type=Path, required=True)
     a = ap.parse_args()
     res = {"matmul": lambda: matmul_rate(), "flops": lambda: denoiser_flops(a.checkpoint),
-           "prior32": lambda: prior32(a.checkpoint)}[a.probe]()
+           "prior32": lambda: prior32(a.checkpoint), "ortopts": lambda: ort_options(a.bundle)}[a.probe]()
     a.json.write_text(json.dumps(res))
 
 
