@@ -70,6 +70,7 @@ class TrainConfig:
     batch: int = 256
     lr: float = 1e-3
     lr_warmup: int = 200               # linear warm-up steps
+    lr_schedule: str = "constant"      # after warm-up: "constant" or "cosine" (to 0 at the last step; both stages)
     ema_halflife: float = 500.0        # EMA half-life in optimiser steps
     grad_clip: float = 1.0
     p_mean: float = -1.2               # EDM: ln(sigma) ~ N(p_mean, p_std^2)

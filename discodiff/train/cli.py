@@ -66,6 +66,8 @@ def _build(preset: str | None, data: str | None, resolution: int) -> tuple[dict,
 @click.option("--prior-steps", type=click.IntRange(min=1), default=None, help="Stage 2 steps (prior).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Global batch size (split over DDP ranks).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Stage 1 learning rate.")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None,
+              help="After warm-up: constant, or cosine decay to 0 at the last step (both stages).")
 @click.option("--latents", "m", type=click.IntRange(min=0), default=None,
               help="Number of discrete latents m; 0 trains the plain EDM baseline of the same size.")
 @click.option("--codebook", "k", type=click.IntRange(min=2), default=None, help="Codebook size k per latent.")
@@ -83,7 +85,7 @@ def _build(preset: str | None, data: str | None, resolution: int) -> tuple[dict,
 @click.option("--overwrite", is_flag=True, help="Replace a finished or stopped run in --out.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved options as JSON and stop.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(preset, data, resolution, out, steps, prior_steps, batch, lr, m, k, gumbel_tau, straight_through,
+def command(preset, data, resolution, out, steps, prior_steps, batch, lr, lr_schedule, m, k, gumbel_tau, straight_through,
             latent_dropout, sample_every, save_every, seed, device, resume, overwrite, dry_run, quiet):
     """Train a DisCo-Diff model: stage 1 denoiser + encoder, stage 2 autoregressive prior.
 
@@ -120,7 +122,7 @@ def command(preset, data, resolution, out, steps, prior_steps, batch, lr, m, k, 
     model = replace(model, **changes)
     if model.m == 0:
         model = replace(model, latent_dropout=0.0)
-    tchanges = {k_: v for k_, v in dict(steps=steps, prior_steps=prior_steps, batch=batch, lr=lr,
+    tchanges = {k_: v for k_, v in dict(steps=steps, prior_steps=prior_steps, batch=batch, lr=lr, lr_schedule=lr_schedule,
                                          sample_every=sample_every, seed=seed).items() if v is not None}
     train = replace(train, **tchanges)
     options = {"name": opts["name"], "preset": preset if not data else None, "data": to_dict(opts["data"]), "model": to_dict(model),
