@@ -45,6 +45,15 @@ class LayerNorm32(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
 
 
+class GELU(nn.Module):
+    """Exact (erf) GELU written as x * (1 + erf(x / sqrt 2)) * 0.5: the same function as nn.GELU(), in
+    the operand order ONNX Runtime's Gelu fusion matches (nn.GELU exports at opset 18 as five
+    unfused nodes; this becomes one, which matters in the per-token prior step)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (1.0 + torch.erf(x / math.sqrt(2.0))) * 0.5
+
+
 def groups_for(channels: int) -> int:
     for g in (32, 16, 8, 4, 2, 1):
         if channels % g == 0 and channels // g >= 2:
@@ -95,7 +104,7 @@ class TransformerBlock(nn.Module):
         self.norm1 = LayerNorm32(dim)
         self.attn = MultiHeadAttention(dim, heads)
         self.norm2 = LayerNorm32(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), GELU(), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
