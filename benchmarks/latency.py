@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from discodiff.atomic import atomic_write, atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 CPU_ROWS = ("torch-eager", "torch-compile", "ort-fp32", "ort-fp16")
 GPU_ROWS = ("torch-cuda-fp32", "torch-cuda-fp16", "torch-cuda-graphs")
@@ -220,7 +222,7 @@ def chart(report: dict, path: Path) -> None:
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"DisCo-Diff sampling latency on {report['machine']}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
 
 
@@ -276,8 +278,8 @@ def main() -> int:
     print(text)
     a.out_dir.mkdir(parents=True, exist_ok=True)
     stem = a.out_dir / f"latency-{machine}{'-quick' if a.quick else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".txt").write_text(text + "\n")
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(stem.with_suffix(".txt"), text + "\n")
     chart(report, stem.with_suffix(".png"))
     print(f"\nwrote {stem}.json, .txt and .png")
     return 0
