@@ -175,7 +175,8 @@ def toy_targets(res: dict, suffix: str = "") -> list[dict]:
     p35 = rows.get((pn, "heun", 35))
     low = [r for (mdl, _, f), r in rows.items() if mdl == dn and f <= 10]
     if p35 and low:
-        best = min(low, key=lambda r: (r["excess_w2"] > p35["excess_w2"]) + (r["excess_off_mode"] > p35["excess_off_mode"]))
+        best = min(low, key=lambda r: ((r["excess_w2"] > p35["excess_w2"]) + (r["excess_off_mode"] > p35["excess_off_mode"]),
+                                       r["excess_w2"]))
         tag = f"DisCo {best['solver'].capitalize()} NFE {best['nfe']}"
         add(f"{tag} excess W2 <= plain Heun NFE 35 (difference)", best["excess_w2"] - p35["excess_w2"],
             best["excess_w2"] <= p35["excess_w2"])

@@ -62,10 +62,12 @@ def test_quality_quick(tmp_path):
     assert models == {"disco", "plain"}
     for row in rep["rows"]:
         assert row["w2"] >= row["excess_w2"] >= 0
+        assert row["w2_matched"] >= row["excess_w2_matched"] >= 0
         assert 0 <= row["off_mode"] <= 1
         if row["model"] == "disco":
             assert 0 < row["purity"] <= 1 and sum(row["code_shares"]) == pytest.approx(1.0, abs=1e-3)
     assert rep["models"]["disco"]["m"] == 1 and rep["models"]["plain"]["m"] == 0
     # same size: the plain model differs only by the latent embedding and its projection
     assert rep["models"]["plain"]["params"] < rep["models"]["disco"]["params"] < 1.2 * rep["models"]["plain"]["params"]
+    assert rep["floor_w2_matched"] > 0
     assert len(rep["targets"]) == 6 and all(isinstance(t["met"], bool) for t in rep["targets"])
