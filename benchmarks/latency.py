@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from discodiff.atomic import atomic_write, atomic_write_text
+from discodiff.atomic import atomic_savefig, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 CPU_ROWS = ("torch-eager", "torch-compile", "ort-fp32", "ort-fp16")
@@ -222,7 +222,7 @@ def chart(report: dict, path: Path) -> None:
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"DisCo-Diff sampling latency on {report['machine']}", fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_savefig(fig, path)
     plt.close(fig)
 
 

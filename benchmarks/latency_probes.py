@@ -124,7 +124,7 @@ def ort_options(bundle: Path, repeats: int = 30) -> dict:
     meta = ModelMeta.from_manifest(man)
     path = str(bundle / man["graphs"]["denoiser"]["file"])
 
-    def variant(name):
+    def variant(name, batch):
         so = session_options()
         if name == "1 thread":
             so.intra_op_num_threads = 1
@@ -147,7 +147,7 @@ def ort_options(bundle: Path, repeats: int = 30) -> dict:
             feeds["class_labels"] = np.zeros(batch, np.int32)
         row = {}
         for name in ("runtime default", "1 thread", "no spinning", "extended (no NCHWc layout)", "batch dimension fixed"):
-            sess = ort.InferenceSession(path, variant(name), providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(path, variant(name, batch), providers=["CPUExecutionProvider"])
             for _ in range(5):
                 sess.run(None, feeds)
             ts = []

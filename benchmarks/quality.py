@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from discodiff.atomic import atomic_write, atomic_write_text
 from discodiff import presets
+from discodiff.atomic import atomic_savefig, atomic_write_text
 from discodiff.checkpoint import load_model
 from discodiff.config import DataSpec, replace
 from discodiff.data import load, spec_for_path, toy8, toy8_centres
@@ -94,7 +94,8 @@ def toy_eval(models: dict, truth, n: int, seeds: list[int], grid: list[tuple[str
             comp = qm.nearest(x, centres)[0]
             return centres[comp] + TOY_STD * np.random.default_rng(seed).standard_normal(x.shape)
 
-        floors_m = [qm.w2(t, matched_ref(t, 50_000 + s)) for s in seeds for t in [truth(n, 10_000 + s)]]
+        first = {s: truth(n, 10_000 + s) for s in seeds}       # the first set of each floor pair above
+        floors_m = [qm.w2(first[s], matched_ref(first[s], 50_000 + s)) for s in seeds]
     rows = []
     for name, model in models.items():
         for solver, steps in grid:
@@ -207,7 +208,7 @@ def toy_plots(models: dict, res: dict, curv: dict, out_dir: Path, stem: str, ref
             ax.set_xlim(-4.5, 4.5)
             ax.set_ylim(-4.5, 4.5)
     fig.tight_layout()
-    atomic_write(out_dir / f"{stem}_scatter.png", lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_savefig(fig, out_dir / f"{stem}_scatter.png")
     plt.close(fig)
 
     panels = [("excess_w2", "excess W2 over the truth-vs-truth floor"), ("off_mode", "off-mode share")]
@@ -231,7 +232,7 @@ def toy_plots(models: dict, res: dict, curv: dict, out_dir: Path, stem: str, ref
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    atomic_write(out_dir / f"{stem}_w2.png", lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_savefig(fig, out_dir / f"{stem}_w2.png")
     plt.close(fig)
 
     if curv:
@@ -247,7 +248,7 @@ def toy_plots(models: dict, res: dict, curv: dict, out_dir: Path, stem: str, ref
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        atomic_write(out_dir / f"{stem}_curvature.png", lambda tmp: fig.savefig(tmp, format="png"))
+        atomic_savefig(fig, out_dir / f"{stem}_curvature.png")
         plt.close(fig)
 
 
@@ -295,7 +296,7 @@ def run_toy(a) -> dict:
                                               "params": sum(p.numel() for p in m.denoiser.parameters())}
                                           for k, m in models.items()})
     toy_plots(models, res, curv, a.out_dir, stem, truth(n, 99), min(n, 2000))
-    atomic_write_text((a.out_dir / f"{stem}.json"), json.dumps(res, indent=2) + "\n")
+    atomic_write_text(a.out_dir / f"{stem}.json", json.dumps(res, indent=2) + "\n")
     for t in res.get("targets", []):
         log(f"[{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']:.3g}")
     log(f"wrote {a.out_dir / stem}.json and PNGs")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from discodiff.atomic import atomic_write, atomic_write_text
+from discodiff.atomic import atomic_write_text
 from discodiff.data import shapes
 from discodiff.runtime.draws import draw
 from discodiff.runtime.images import grid, to_uint8, write_png
@@ -124,7 +124,7 @@ def run_shapes(a, train_or_load, log) -> dict:
     stem = "quality_shapes" + ("_quick" if quick else "")
     save_grids(models, a.out_dir / f"{stem}_grids.png", steps_grid, cfg)
     out["seconds"] = time.time() - t0
-    atomic_write_text((a.out_dir / f"{stem}.json"), json.dumps(out, indent=2) + "\n")
+    atomic_write_text(a.out_dir / f"{stem}.json", json.dumps(out, indent=2) + "\n")
     log(f"wrote {a.out_dir / stem}.json and {stem}_grids.png")
     return out
 

@@ -39,6 +39,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def atomic_savefig(fig, path: Path) -> None:
+    """Save a matplotlib figure as PNG through a temp file, so a stopped run leaves no half image."""
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..atomic import atomic_savefig
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -41,5 +41,5 @@ def save_loss_curve(metrics_path: Path, out: Path) -> None:
         ax2.plot(s, u, color="tab:orange", lw=1, alpha=0.7)
         ax2.set_ylabel("codes in use (per latent, mean)", color="tab:orange")
     fig.tight_layout()
-    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_savefig(fig, out)
     plt.close(fig)
