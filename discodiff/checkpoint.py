@@ -19,10 +19,9 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_write
 from .config import SCHEMA_VERSION, ModelConfig, from_dict, to_dict
 from .errors import UserError
+from .rundir import MODEL_FILE, STATE_FILE  # noqa: F401 - re-exported: the run files have one home
 
 META_KEY = "discodiff"
-MODEL_FILE = "model.safetensors"
-STATE_FILE = "train_state.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,10 +54,36 @@ def example_inputs(model, spec: GraphSpec, rng: np.random.Generator) -> dict[str
     return {"tokens": np.zeros((2, cfg.m), np.int32)}
 
 
+def bundle_files(manifest: dict) -> set[str]:
+    """Names of every file a bundle with this manifest consists of (the manifest included)."""
+    names = {MANIFEST}
+    for kind in ("graphs", "engines"):
+        names |= {e["file"] for e in (manifest.get(kind) or {}).values() if isinstance(e, dict) and "file" in e}
+    if isinstance(manifest.get("timing_cache"), dict):
+        names.add(manifest["timing_cache"].get("file", ""))
+    return names
+
+
 def check_destination(out: Path) -> None:
-    """A bundle may replace a bundle; it never replaces anything else."""
-    if out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} exists and is not a bundle; choose another --out (nothing was written)")
+    """A bundle may replace a bundle this toolkit wrote, and nothing else: `out` must be absent, empty,
+    or hold a manifest with this toolkit's format and only the files that manifest names."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a bundle directory; choose another --out (nothing was written)")
+    if not any(out.iterdir()):
+        return
+    try:
+        man = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        man = None
+    if not isinstance(man, dict) or man.get("format") != FORMAT:
+        raise UserError(f"{out} exists and is not a bundle written by discodiff-export; choose another --out "
+                        "(nothing was written)")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in bundle_files(man))
+    if foreign:
+        raise UserError(f"{out} is a bundle but also holds {foreign[0]!r}, which the bundle did not write; move it "
+                        "out or choose another --out (nothing was written)")
 
 
 def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch: int = 32, solver: str = "heun",

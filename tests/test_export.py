@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import pathlib
+import shutil
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -358,11 +359,10 @@ def test_parity_mismatch_exits_nonzero_and_leaves_no_bundle(toy8_train_dir, tmp_
 
 @pytest.fixture(scope="module")
 def reexport(tmp_path_factory):
-    """Re-export toy8 with --trt over a copy of its bundle (with a stray file planted in it), using other
-    batch sizes: (old manifest, new bundle, exit code, stderr)."""
+    """Re-export toy8 with --trt over a copy of its bundle, using other batch sizes:
+    (old manifest, new bundle, exit code, stderr)."""
     old = get_bundle("toy8", tmp_path_factory)
     dest = copy_bundle(old, tmp_path_factory.mktemp("reexport") / "bundle")
-    (dest / "stale.txt").write_text("from an older export")
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), torch_threads(1):
         rc = export_cli("--checkpoint", get_run("toy8", tmp_path_factory) / "model.safetensors", "--out", dest,
@@ -372,7 +372,6 @@ def reexport(tmp_path_factory):
 
 def test_reexport_replaces_existing_bundle(reexport):
     old_man, dest, rc, err = reexport
-    assert not (dest / "stale.txt").exists(), "the old bundle was not replaced whole"
     man = load_manifest(dest)
     assert man["graphs"]["denoiser"]["batch"] == {"min": 1, "opt": 2, "max": 8}
     assert man["graphs"]["encoder"]["batch"] == {"min": 1, "opt": 2, "max": 4}
@@ -427,3 +426,26 @@ def test_manifest_is_valid_json_written_last(which):
     name, bundle, _ = which
     man = json.loads((bundle / "manifest.json").read_text())
     assert load_manifest(bundle) == man
+
+
+def test_refuses_a_folder_with_someone_elses_manifest(toy8_train_dir, tmp_path, capsys):
+    """A web app's folder: its own manifest.json, index.html and assets/. It must survive untouched."""
+    out = tmp_path / "webapp"
+    (out / "assets").mkdir(parents=True)
+    (out / "manifest.json").write_text('{"name": "my app", "start_url": "/"}')
+    (out / "index.html").write_text("<html></html>")
+    (out / "assets" / "app.js").write_text("console.log(1)")
+    before = tree_state(tmp_path)
+    rc, _, err = call(capsys, export_cli, "--checkpoint", toy8_train_dir / "model.safetensors", "--out", out, "--quiet")
+    assert rc == 2 and len(error_lines(err)) == 1 and "not a bundle" in err, err
+    assert tree_state(tmp_path) == before
+
+
+def test_refuses_a_bundle_holding_files_it_did_not_write(reexport, toy8_train_dir, tmp_path, capsys):
+    dest = tmp_path / "bundle"
+    shutil.copytree(reexport[1], dest)
+    (dest / "my_notes.txt").write_text("keep me")
+    before = tree_state(dest)
+    rc, _, err = call(capsys, export_cli, "--checkpoint", toy8_train_dir / "model.safetensors", "--out", dest, "--quiet")
+    assert rc == 2 and len(error_lines(err)) == 1 and "my_notes.txt" in err, err
+    assert tree_state(dest) == before

@@ -11,7 +11,6 @@ supports --dry-run (print them and stop).
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -20,22 +19,23 @@ import click
 from ..cli_util import main_for, run
 from ..config import DataSpec, ModelConfig, TrainConfig, from_dict, replace, to_dict
 from ..errors import UserError
-from .. import presets
+from .. import presets, rundir
 
-RUN_FILES = ("model.safetensors", "train_state.safetensors", "metrics.jsonl", "training_options.json",
-             "loss.png", "samples.png")
-
-
-def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+def _check_out(out: Path, resume: bool, overwrite: bool) -> str:
+    """Refuse --out unless it is absent, empty, or a run this toolkit wrote; returns its kind."""
+    kind = rundir.classify(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory for the run")
-    has_run = out.is_dir() and any((out / f).exists() for f in RUN_FILES)
+    if kind == rundir.FOREIGN:
+        raise UserError(f"--out {out} is not empty and holds no discodiff run (no {rundir.OPTIONS_FILE} written by "
+                        "discodiff-train); nothing was changed, choose another --out")
     if resume:
-        if not (out / "train_state.safetensors").is_file() or not (out / "training_options.json").is_file():
+        if kind != rundir.RUN or not (out / rundir.STATE_FILE).is_file():
             raise UserError(f"--resume: {out} holds no saved training state; start a new run without --resume")
-    elif has_run and not overwrite:
+    elif kind == rundir.RUN and not overwrite:
         raise UserError(f"{out} already holds a training run; pass --resume to continue it, --overwrite to "
                         "replace it, or --out for a new directory")
+    return kind
 
 
 def _build(preset: str | None, data: str | None, resolution: int) -> tuple[dict, "object"]:
@@ -100,7 +100,7 @@ def command(preset, data, resolution, out, steps, prior_steps, batch, lr, lr_sch
     preset = preset or (None if data else presets.DEFAULT_PRESET)
     out = out or Path("runs") / (preset or Path(data).stem)
 
-    _check_out(out, resume, overwrite)
+    kind = _check_out(out, resume, overwrite)
     if resume:
         saved = json.loads((out / "training_options.json").read_text())
         preset = saved.get("preset")
@@ -125,7 +125,7 @@ def command(preset, data, resolution, out, steps, prior_steps, batch, lr, lr_sch
     tchanges = {k_: v for k_, v in dict(steps=steps, prior_steps=prior_steps, batch=batch, lr=lr, lr_schedule=lr_schedule,
                                          sample_every=sample_every, seed=seed).items() if v is not None}
     train = replace(train, **tchanges)
-    options = {"name": opts["name"], "preset": preset if not data else None, "data": to_dict(opts["data"]), "model": to_dict(model),
+    options = {**rundir.marker(), "name": opts["name"], "preset": preset if not data else None, "data": to_dict(opts["data"]), "model": to_dict(model),
                "train": to_dict(train), "command": sys.argv}
     if dry_run:
         click.echo(json.dumps(options, indent=2))
@@ -136,10 +136,8 @@ def command(preset, data, resolution, out, steps, prior_steps, batch, lr, lr_sch
 
     d = dist_mod.init(device)
     try:
-        if overwrite and d.main:
-            for f in RUN_FILES:
-                (out / f).unlink(missing_ok=True)
-            shutil.rmtree(out / "samples", ignore_errors=True)
+        if d.main and kind in (rundir.RUN, rundir.STALE) and not resume:
+            rundir.clear_run(out)  # only the files a run writes; anything else in --out stays
         if d.main and not quiet:
             click.echo(f"training {opts['name']}: {len(ds)} examples of shape {list(ds.data_shape)}, "
                        f"m={model.m} latents x k={model.k} codes, {train.steps} + {train.prior_steps} steps "
