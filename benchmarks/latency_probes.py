@@ -70,13 +70,13 @@ def prior32(checkpoint: Path, tokens: int = 32, repeats: int = 7) -> dict:
 
     from discodiff.checkpoint import read_info
     from discodiff.config import ModelConfig, from_dict, replace
-    from discodiff.export.bundle import example_inputs, spec_entry
     from discodiff.export.graphs import graph_specs
     from discodiff.export.onnx_export import export_graph
     from discodiff.networks import DisCoDiff
     from discodiff.runtime.backends.ort import OrtBackend
-    from discodiff.runtime.pipeline import ModelMeta, Pipeline
+    from discodiff.runtime.model import BundleModel
     from discodiff.runtime.tokens import sample_tokens
+    from discodiff.sampling import model_meta
 
     cfg = replace(from_dict(ModelConfig, read_info(checkpoint)["model"]), m=tokens)
     torch.manual_seed(0)
@@ -86,13 +86,15 @@ def prior32(checkpoint: Path, tokens: int = 32, repeats: int = 7) -> dict:
     out: dict = {"tokens": tokens, "prior": {"width": cfg.prior.width, "depth": cfg.prior.depth,
                                              "heads": cfg.prior.heads}}
     with tempfile.TemporaryDirectory() as tmp:
-        entries, paths = {}, {}
+        graphs, paths = {}, {}
         for name in ("prior_step", "prior_recompute"):
             spec, wrapper = specs[name]
             paths[name] = Path(tmp) / f"{name}.onnx"
-            export_graph(wrapper, spec, paths[name], example_inputs(model, spec, rng))
-            entries[name] = spec_entry(spec)
-        pipe = Pipeline(OrtBackend(entries, paths), ModelMeta(cfg.data_shape, cfg.m, cfg.k, cfg.num_classes))
+            export_graph(wrapper, spec, paths[name], spec.sample_feeds(rng, 2))
+            graphs[name] = spec
+        backend = OrtBackend(graphs, paths)
+        bm = BundleModel.__new__(BundleModel)   # the prior half of the adapter: no denoiser graph here
+        bm.backend, bm.meta = backend, model_meta(cfg)
         for batch in (1, 32):
             labels = np.zeros(batch, np.int32)
             u = rng.random((batch, tokens))
@@ -101,13 +103,14 @@ def prior32(checkpoint: Path, tokens: int = 32, repeats: int = 7) -> dict:
                 ts, toks = [], None
                 for i in range(repeats + 1):
                     t0 = time.perf_counter()
-                    toks = sample_tokens(pipe.prior_step_fn(batch, mode == "cache"), labels, u)
+                    toks = sample_tokens(bm.prior_step(batch, recompute=mode == "recompute"), labels, u)
                     if i:
                         ts.append(time.perf_counter() - t0)
                 row[mode] = {"median_s": float(np.median(ts)), "tokens": toks}
             row["tokens_equal"] = bool(np.array_equal(row["cache"].pop("tokens"), row["recompute"].pop("tokens")))
             row["speedup"] = row["recompute"]["median_s"] / row["cache"]["median_s"]
             out[f"batch{batch}"] = row
+        backend.close()
     return out
 
 
@@ -118,11 +121,10 @@ def ort_options(bundle: Path, repeats: int = 30) -> dict:
 
     from discodiff.runtime.backends.ort import session_options
     from discodiff.runtime.manifest import load_manifest
-    from discodiff.runtime.pipeline import ModelMeta
 
     man = load_manifest(bundle)
-    meta = ModelMeta.from_manifest(man)
-    path = str(bundle / man["graphs"]["denoiser"]["file"])
+    spec = man.graph("denoiser")
+    path = str(bundle / spec.file)
 
     def variant(name, batch):
         so = session_options()
@@ -139,12 +141,7 @@ def ort_options(bundle: Path, repeats: int = 30) -> dict:
     out = {}
     rng = np.random.default_rng(0)
     for batch in (1, 32):
-        feeds = {"x": rng.standard_normal((batch, *meta.data_shape)).astype(np.float32),
-                 "sigma": np.ones(batch, np.float32)}
-        if meta.m:
-            feeds["tokens"] = np.zeros((batch, meta.m), np.int32)
-        if meta.num_classes:
-            feeds["class_labels"] = np.zeros(batch, np.int32)
+        feeds = spec.sample_feeds(rng, batch, man.meta.sigma_data, sigmas=np.ones(batch))
         row = {}
         for name in ("runtime default", "1 thread", "no spinning", "extended (no NCHWc layout)", "batch dimension fixed"):
             sess = ort.InferenceSession(path, variant(name, batch), providers=["CPUExecutionProvider"])

@@ -4,8 +4,9 @@ disturb PyTorch in a shared one). Run by benchmarks/latency.py; writes a JSON of
 
     python benchmarks/latency_worker.py --row ort-fp32 --batch 32 --json out.json --samples out.npz ...
 
-Every row samples the same seeds 0..batch-1 with the same draws, tokens picked by the same code, the
-same solver code and schedule; only the network backend differs.
+Every row runs the one sampling core (discodiff.runtime.sampling) on the same seeds 0..batch-1 and the
+same draws; rows differ only in the model adapter: TorchModel (eager, compiled, CUDA, fp16, CUDA graphs)
+or a bundle's graphs on ONNX Runtime / TensorRT.
 """
 from __future__ import annotations
 
@@ -34,15 +35,15 @@ def timed(fn, repeats: int, warmup: int, sync=lambda: None) -> tuple[list[float]
 
 
 # ---------------------------------------------------------------------------------------------
-# Backends as (prior step factory, denoise factory) over numpy draws
+# Rows: one model adapter each; everything after that is the same sampling core
 
 
-def torch_row(row: str, checkpoint: Path, batch: int):
+def torch_row(row: str, checkpoint: Path):
     import torch
 
     from discodiff.checkpoint import load_model
     from discodiff.networks import to_mixed_fp16
-    from discodiff.sampling import denoise_fn, prior_step_fn
+    from discodiff.sampling import TorchModel
 
     cuda = row.startswith("torch-cuda")
     dev = torch.device("cuda" if cuda else "cpu")
@@ -52,80 +53,58 @@ def torch_row(row: str, checkpoint: Path, batch: int):
         den = to_mixed_fp16(den)
     if row == "torch-compile":
         den = torch.compile(den)
+    if row == "torch-cuda-graphs":
+        den = CudaGraphDenoiser(den, dev)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    cfg = model.cfg
-
-    def prior(use_cache: bool):
-        return prior_step_fn(model.prior, batch, dev, use_cache)
-
-    def denoiser(tokens: np.ndarray, labels: np.ndarray):
-        tok = torch.from_numpy(tokens).to(dev) if cfg.m else None
-        lab = torch.from_numpy(labels).to(dev) if cfg.num_classes else None
-        if row == "torch-cuda-graphs":
-            return cuda_graph_denoise(den, tok, lab, batch, cfg.data_shape, dev)
-        return denoise_fn(den, tok, lab, 1.0, cfg.k)
-
-    def to_x(noise: np.ndarray):
-        return torch.from_numpy(noise).to(dev)
-
-    def to_numpy(x):
-        return x.float().cpu().numpy()
-
-    return model.cfg, prior, denoiser, to_x, to_numpy, sync, torch.no_grad
+    return TorchModel(model, dev, denoiser=den), sync, torch.no_grad
 
 
-def cuda_graph_denoise(den, tok, lab, batch: int, shape, dev):
-    """D(x, t) replaying one CUDA graph of the denoiser captured on static x and sigma buffers."""
-    import torch
+class CudaGraphDenoiser:
+    """The denoiser's call replayed from one CUDA graph per batch size, captured on static buffers
+    (x, sigma, tokens, labels are copied in; the output is copied out)."""
 
-    static_x = torch.zeros(batch, *shape, device=dev)
-    static_s = torch.zeros(batch, device=dev)
-    state: dict = {}
+    def __init__(self, den, dev):
+        self.den, self.dev, self.graphs = den, dev, {}
 
-    def capture():
+    def _capture(self, x, sigma, tokens, class_labels):
+        import torch
+
+        static = {"x": x.clone(), "sigma": sigma.clone(),
+                  "tokens": None if tokens is None else tokens.clone(),
+                  "class_labels": None if class_labels is None else class_labels.clone()}
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
             for _ in range(2):
-                den(static_x, static_s, tokens=tok, class_labels=lab)
+                self.den(static["x"], static["sigma"], tokens=static["tokens"], class_labels=static["class_labels"])
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            state["out"] = den(static_x, static_s, tokens=tok, class_labels=lab)
-        state["graph"] = g
+            static["out"] = self.den(static["x"], static["sigma"], tokens=static["tokens"],
+                                     class_labels=static["class_labels"])
+        return g, static
 
-    def D(x, t: float):
-        static_x.copy_(x)
-        static_s.fill_(t)
-        if "graph" not in state:
-            capture()
-        state["graph"].replay()
-        return state["out"].clone()
+    def __call__(self, x, sigma, tokens=None, class_labels=None):
+        b = x.shape[0]
+        if b not in self.graphs:
+            self.graphs[b] = self._capture(x, sigma, tokens, class_labels)
+        g, st = self.graphs[b]
+        for name, v in (("x", x), ("sigma", sigma), ("tokens", tokens), ("class_labels", class_labels)):
+            if v is not None:
+                st[name].copy_(v)
+        g.replay()
+        return st["out"].clone()
 
-    return D
 
-
-def runtime_row(row: str, bundle: Path, batch: int, threads: int | None):
+def runtime_row(row: str, bundle: Path, threads: int | None):
     from contextlib import nullcontext
 
     from discodiff.runtime.bundle import open_bundle
 
-    backend = "trt" if row.startswith("trt") else "ort"
     precision = "fp16" if row.endswith("fp16") else "fp32"
-    opened = open_bundle(bundle, backend, precision, threads=threads,
+    opened = open_bundle(bundle, "trt" if row.startswith("trt") else "ort", precision, threads=threads,
                          graphs=(("denoiser_fp16" if precision == "fp16" else "denoiser"), "prior_step", "prior_recompute"))
-    pipe, man = opened.pipeline, opened.manifest
-
-    class Cfg:
-        m, k, num_classes, data_shape = man["m"], man["k"], man["num_classes"], tuple(man["data_shape"])
-
-    def prior(use_cache: bool):
-        return pipe.prior_step_fn(batch, use_cache)
-
-    def denoiser(tokens, labels):
-        return pipe.denoise_fn(tokens, labels)
-
-    return Cfg, prior, denoiser, (lambda a: a), (lambda a: a), (lambda: None), nullcontext
+    return opened.model, (lambda: None), nullcontext
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,45 +125,31 @@ def main() -> None:
     a = ap.parse_args()
 
     from discodiff.runtime.draws import draw
-    from discodiff.runtime.schedule import sigma_steps
-    from discodiff.runtime.solvers import solve
-    from discodiff.runtime.tokens import sample_tokens
+    from discodiff.runtime.sampling import denoiser_fn, prior_tokens, sample_batch
 
     t_load = time.perf_counter()
     if a.row.startswith("torch"):
-        cfg, prior, denoiser, to_x, to_numpy, sync, ctx = torch_row(a.row, a.checkpoint, a.batch)
+        model, sync, ctx = torch_row(a.row, a.checkpoint)
     else:
-        cfg, prior, denoiser, to_x, to_numpy, sync, ctx = runtime_row(a.row, a.bundle, a.batch, a.threads)
+        model, sync, ctx = runtime_row(a.row, a.bundle, a.threads)
     t_load = time.perf_counter() - t_load
-    sigmas = sigma_steps(a.steps)
     seeds = np.arange(a.batch)
-
-    def tokens_of(d, use_cache: bool):
-        if not cfg.m:
-            return np.zeros((len(d.seeds), 0), np.int32)
-        return sample_tokens(prior(use_cache), d.labels, d.u)
-
-    def end_to_end():
-        d = draw(seeds, cfg.data_shape, cfg.m, cfg.num_classes)
-        tok = tokens_of(d, True)
-        x = solve("heun", denoiser(tok, d.labels), to_x(d.noise) * float(sigmas[0]), sigmas)
-        return to_numpy(x), tok
-
+    d = draw(seeds, model.meta)
     res: dict = {"row": a.row, "batch": a.batch, "steps": a.steps, "load_s": t_load}
     with ctx():
-        d = draw(seeds, cfg.data_shape, cfg.m, cfg.num_classes)
         t_first = time.perf_counter()
-        end_to_end()  # first call: includes compilation (torch.compile) or lazy init
+        sample_batch(model, d, steps=a.steps)   # first call: includes compilation (torch.compile) or lazy init
         sync()
         res["first_call_s"] = time.perf_counter() - t_first
         stages = {}
-        stages["prior_cache"], tok = timed(lambda: tokens_of(d, True), a.repeats, a.warmup, sync)
-        stages["prior_recompute"], tok_r = timed(lambda: tokens_of(d, False), a.repeats, a.warmup, sync)
-        D = denoiser(tok, d.labels)
-        x0 = to_x(d.noise) * float(sigmas[0])
-        stages["denoiser_call"], _ = timed(lambda: D(x0, float(sigmas[5])), max(a.repeats, 10), 2, sync)
-        stages["ode"], _ = timed(lambda: solve("heun", D, x0, sigmas), a.repeats, a.warmup, sync)
-        stages["end_to_end"], (x, tok_e) = timed(end_to_end, a.repeats, a.warmup, sync)
+        stages["prior_cache"], tok = timed(lambda: prior_tokens(model, d), a.repeats, a.warmup, sync)
+        stages["prior_recompute"], tok_r = timed(lambda: prior_tokens(model, d, recompute=True), a.repeats, a.warmup, sync)
+        D = denoiser_fn(model, tok, d.labels)
+        x0 = model.asarray(d.noise) * 10.0
+        stages["denoiser_call"], _ = timed(lambda: D(x0, 10.0), max(a.repeats, 10), 2, sync)
+        stages["ode"], _ = timed(lambda: sample_batch(model, d, steps=a.steps, tokens=tok), a.repeats, a.warmup, sync)
+        stages["end_to_end"], (x, tok_e) = timed(lambda: sample_batch(model, draw(seeds, model.meta), steps=a.steps),
+                                                 a.repeats, a.warmup, sync)
     res["stages"] = stages
     res["tokens_cache_equal_recompute"] = bool(np.array_equal(tok, tok_r))
     a.samples.parent.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,8 @@ from discodiff.atomic import atomic_savefig, atomic_write_text
 from discodiff.checkpoint import load_model
 from discodiff.config import DataSpec, replace
 from discodiff.data import load, spec_for_path, toy8, toy8_centres
+from discodiff.runtime.sampling import sample_batch
 from discodiff.runtime.schedule import sigma_steps
-from discodiff.runtime.solvers import solve
 from discodiff.sampling import sample
 from discodiff.train.dist import Dist
 from discodiff.train.loop import train
@@ -136,19 +136,17 @@ def toy_eval(models: dict, truth, n: int, seeds: list[int], grid: list[tuple[str
 
 def trajectories(model, n: int, steps: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """Heun trajectories of n samples, [steps+1, n, d] states, and the noise level of each state."""
-    cfg = model.cfg
     from discodiff.runtime.draws import draw
-    from discodiff.sampling import denoise_fn, prior_step_fn
-    from discodiff.runtime.tokens import sample_tokens
+    from discodiff.runtime.sampling import prior_tokens
+    from discodiff.sampling import TorchModel
 
-    d = draw(np.arange(n) + 7_000_000, cfg.data_shape, cfg.m, cfg.num_classes)
+    tm = TorchModel(model)
+    d = draw(np.arange(n) + 7_000_000, tm.meta)
     sig = sigma_steps(steps)
+    states = [d.noise * np.float32(sig[0])]
     with torch.no_grad():
-        tok = sample_tokens(prior_step_fn(model.prior, n, "cpu"), d.labels, d.u) if cfg.m else None
-        D = denoise_fn(model.denoiser, torch.from_numpy(tok) if cfg.m else None, None, 1.0, cfg.k)
-        x = torch.from_numpy(d.noise) * float(sig[0])
-        states = [x.numpy().copy()]
-        solve("heun", D, x, sig, callback=lambda i, x: states.append(x.numpy().copy()))
+        sample_batch(tm, d, sigmas=sig, tokens=prior_tokens(tm, d),
+                     callback=lambda i, x: states.append(x.numpy().copy()))
     return np.stack(states), sig
 
 

@@ -22,7 +22,7 @@ from discodiff.atomic import atomic_write_text
 from discodiff.data import shapes
 from discodiff.runtime.draws import draw
 from discodiff.runtime.images import grid, to_uint8, write_png
-from discodiff.sampling import sample
+from discodiff.sampling import model_meta, sample
 
 import quality_metrics as qm
 
@@ -97,7 +97,7 @@ def run_shapes(a, train_or_load, log) -> dict:
     real_labels = real.factors["shape"] * N_COLOURS + real.factors["colour"]
     out = {"classifier_accuracy": acc, "n": n, "rows": []}
     for name, model in models.items():
-        d = draw(np.arange(n) + 900_000, cfg.data_shape, model.cfg.m, cfg.num_classes)
+        d = draw(np.arange(n) + 900_000, model_meta(model.cfg))
         for steps in steps_grid:
             s = sample(model, draws=d, steps=steps)
             pred, conf = classify(clf, s.x)
@@ -137,10 +137,10 @@ def presets_m(preset: str) -> int:
 
 def save_grids(models: dict, path: Path, steps_grid, cfg) -> None:
     """Rows: each model at each NFE, the same 12 seeds and classes (so columns compare)."""
-    d = draw(np.arange(12) + 950_000, cfg.data_shape, 0, cfg.num_classes)
+    d = draw(np.arange(12) + 950_000, model_meta(cfg))   # labels depend on the seeds and classes only
     rows = []
     for name, model in models.items():
-        dm = draw(np.arange(12) + 950_000, cfg.data_shape, model.cfg.m, cfg.num_classes)
+        dm = draw(np.arange(12) + 950_000, model_meta(model.cfg))
         dm.labels = d.labels
         for steps in steps_grid:
             rows.append(sample(model, draws=dm, steps=steps).x)

@@ -1,12 +1,17 @@
-"""Atomic file writes and hashing. Torch-free: training, export and the runtime all use it.
+"""Atomic file writes, temp names that can be reclaimed, and hashing. Torch-free: training, export and
+the runtime all use it.
 
 A file is written to a temp name in its own directory, fsynced, then renamed over the target, so a
 reader sees the old file or the new one, never half of one, and an interrupted write leaves nothing.
+Temp names carry the writer's PID (`.<stem>.<pid>.<random><suffix>.tmp`, `<prefix><pid>-<random>`), so
+what a killed process left behind is recognised and removed by the next run (`reclaim`), while the
+temp files of a process that is still running are left alone.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -22,7 +27,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call write(tmp_path), fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=path.suffix + ".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -42,6 +47,41 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_savefig(fig, path: Path) -> None:
     """Save a matplotlib figure as PNG through a temp file, so a stopped run leaves no half image."""
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def temp_dir(parent: Path, prefix: str) -> Path:
+    """A fresh hidden directory `<prefix><pid>-<random>` in `parent` (made first, so an unwritable
+    location fails here, before any work)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # exists, owned by someone else
+        return True
+    return True
+
+
+def reclaim(parent: Path, prefix: str) -> list[Path]:
+    """Remove entries `<prefix><pid>...` of `parent` whose writing process no longer runs; returns them.
+    For atomic_write's files pass prefix `.<stem>.`; for temp_dir's directories the prefix given there."""
+    parent, removed = Path(parent), []
+    if not parent.is_dir():
+        return removed
+    for entry in parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        head = entry.name[len(prefix):].split(".", 1)[0].split("-", 1)[0]
+        if not head.isdigit() or int(head) == os.getpid() or _alive(int(head)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

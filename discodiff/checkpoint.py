@@ -16,10 +16,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_write
-from .config import SCHEMA_VERSION, ModelConfig, from_dict, to_dict
-from .errors import UserError
-from .rundir import MODEL_FILE, STATE_FILE  # noqa: F401 - re-exported: the run files have one home
+from discodiff.atomic import atomic_write
+from discodiff.config import SCHEMA_VERSION, ModelConfig, check_model, from_dict, to_dict
+from discodiff.errors import UserError
+from discodiff.rundir import MODEL_FILE, STATE_FILE  # noqa: F401 - re-exported: the run files have one home
 
 META_KEY = "discodiff"
 
@@ -60,8 +60,9 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 # Reading
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The safetensors header's __metadata__, read with the standard library only."""
+def read_header(path: Path) -> dict:
+    """The safetensors header (tensor names -> dtype/shape/offsets, and __metadata__), read with the
+    standard library only."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; train one with discodiff-train or pass its path")
@@ -71,20 +72,56 @@ def read_metadata(path: Path) -> dict[str, str]:
             if n > 100_000_000:
                 raise ValueError("header too large")
             header = json.loads(f.read(n))
-        return header.get("__metadata__") or {}
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        return header
     except (struct.error, ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not a valid safetensors file ({e}); it may be truncated, retrain or re-copy it")
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    return read_header(path).get("__metadata__") or {}
 
 
 def read_info(path: Path, key: str = META_KEY) -> dict:
     meta = read_metadata(path)
     if key not in meta:
         raise UserError(f"{path} is a safetensors file but not a DisCo-Diff checkpoint (no '{key}' metadata)")
-    info = json.loads(meta[key])
-    if info.get("schema") != SCHEMA_VERSION:
-        raise UserError(f"{path} has checkpoint schema {info.get('schema')}, this toolkit reads schema "
+    try:
+        info = json.loads(meta[key])
+    except ValueError as e:
+        raise UserError(f"{path}: its '{key}' metadata is not valid JSON ({e}); the file was edited or damaged")
+    if not isinstance(info, dict) or info.get("schema") != SCHEMA_VERSION:
+        schema = info.get("schema") if isinstance(info, dict) else None
+        raise UserError(f"{path} has checkpoint schema {schema!r}, this toolkit reads schema "
                         f"{SCHEMA_VERSION}; use the toolkit version that wrote it")
     return info
+
+
+def model_config(path: Path, info: dict) -> ModelConfig:
+    """The checkpoint's model config, checked field by field."""
+    try:
+        return check_model(from_dict(ModelConfig, info["model"], "model"))
+    except KeyError:
+        raise UserError(f"{path}: its metadata has no 'model' config; the file was edited or damaged") from None
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: its model config is invalid ({e}); the file was edited or damaged") from None
+
+
+def check_tensors(path: Path, module: torch.nn.Module, prefix: str = "") -> None:
+    """The file's tensors are exactly the module's, with the same shapes; one line naming the first
+    difference (before anything is loaded or allocated from the file)."""
+    header = {k: v for k, v in read_header(path).items() if k != "__metadata__"}
+    want = {prefix + k: list(v.shape) for k, v in module.state_dict().items()}
+    for name, shape in want.items():
+        if name not in header:
+            raise UserError(f"{path} does not match its own config: tensor {name} is missing; the file was edited or damaged")
+        if list(header[name].get("shape", [])) != shape:
+            raise UserError(f"{path} does not match its own config: {name} has shape {header[name].get('shape')}, the "
+                            f"config gives {shape}; the file was edited or damaged")
+    extra = sorted(set(header) - set(want))
+    if extra:
+        raise UserError(f"{path} does not match its own config: unexpected tensor {extra[0]}; the file was edited or damaged")
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -99,23 +136,25 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_model(path: Path, model: torch.nn.Module, cfg: ModelConfig, extra: dict | None = None) -> None:
+    """Write the model's tensors and {schema, model config, **extra} as safetensors metadata, atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     info = {"schema": SCHEMA_VERSION, "model": to_dict(cfg), **(extra or {})}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: json.dumps(info)}))
 
 
 def load_model(path: Path, device: str | torch.device = "cpu"):
-    """-> (DisCoDiff in eval mode, info dict). No pickle: safetensors + JSON only."""
-    from .networks import DisCoDiff
+    """-> (DisCoDiff in eval mode, info dict). No pickle: safetensors + JSON only; the config and every
+    tensor shape are checked before loading."""
+    from discodiff.networks import DisCoDiff
 
     info = read_info(path)
-    cfg = from_dict(ModelConfig, info["model"])
-    model = DisCoDiff(cfg)
-    tensors = _load_tensors(path)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{path} does not match its own config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-                        "the file is damaged or was edited")
+    cfg = model_config(path, info)
+    try:
+        model = DisCoDiff(cfg)
+    except ValueError as e:
+        raise UserError(f"{path}: its model config cannot be built ({e}); the file was edited or damaged") from None
+    check_tensors(path, model)
+    model.load_state_dict(_load_tensors(path), strict=True)
     return model.to(device).eval(), info
 
 
@@ -124,6 +163,7 @@ def load_model(path: Path, device: str | torch.device = "cpu"):
 
 
 def save_state(path: Path, state: dict) -> None:
+    """Write nested training state (state dicts, optimiser state, counters) as tensors + JSON, atomically."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten(state, "s", tensors)
     meta = {META_KEY + "_state": json.dumps({"schema": SCHEMA_VERSION, "state": skeleton})}
@@ -131,5 +171,6 @@ def save_state(path: Path, state: dict) -> None:
 
 
 def load_state(path: Path) -> dict:
+    """The nested state `save_state` wrote (no pickle: tensors from safetensors, the rest from JSON)."""
     info = read_info(path, key=META_KEY + "_state")
     return unflatten(info["state"], _load_tensors(path))

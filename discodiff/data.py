@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import DataSpec
-from .errors import UserError
+from discodiff.config import DataSpec
+from discodiff.errors import UserError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -62,7 +62,7 @@ def toy8_centres(radius: float = 3.0) -> np.ndarray:
 
 
 def shapes(n: int, res: int, seed: int) -> Dataset:
-    from .shapes import COLOURS, SHAPES, make_shapes
+    from discodiff.shapes import COLOURS, SHAPES, make_shapes
 
     images, shape, colour = make_shapes(n, res, seed)
     return Dataset(
@@ -194,7 +194,7 @@ def load_zip(path: Path, resolution: int) -> Dataset:
 
 def load(spec: DataSpec) -> Dataset:
     if spec.kind == "preset":
-        from .presets import preset_dataset
+        from discodiff.presets import preset_dataset
 
         return preset_dataset(spec)
     path = Path(spec.path)

@@ -11,9 +11,9 @@
 """
 from __future__ import annotations
 
-from .config import DataSpec, DenoiserConfig, EncoderConfig, ModelConfig, PriorConfig, TrainConfig
-from .data import Dataset, shapes, toy8
-from .errors import UserError
+from discodiff.config import DataSpec, DenoiserConfig, EncoderConfig, ModelConfig, PriorConfig, TrainConfig
+from discodiff.data import Dataset, shapes, toy8
+from discodiff.errors import UserError
 
 DEFAULT_PRESET = "shapes"
 

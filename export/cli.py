@@ -11,25 +11,26 @@ from pathlib import Path
 
 import click
 
-from ..cli_util import main_for, run
-from ..errors import UserError
-from ..presets import DEFAULT_PRESET
+from discodiff.cli_util import CONTEXT, IntRange, main_for, run
+from discodiff.errors import UserError
+from discodiff.presets import DEFAULT_PRESET
+from discodiff.runtime.solvers import SOLVERS
 
 DEFAULT_CHECKPOINT = Path("runs") / DEFAULT_PRESET / "model.safetensors"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(context_settings=CONTEXT)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINT, show_default=True,
               help="model.safetensors written by discodiff-train.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Bundle directory (default: 'bundle' beside the checkpoint). An existing bundle there is replaced.")
-@click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
+@click.option("--max-batch", type=IntRange(1, 4096), default=64, show_default=True,
               help="Largest sampling batch (the denoiser graph takes 2x for guidance).")
-@click.option("--opt-batch", type=click.IntRange(min=1), default=None,
+@click.option("--opt-batch", type=IntRange(min=1), default=None,
               help="Batch size TensorRT optimises for (default: 32, or --max-batch if smaller).")
-@click.option("--solver", type=click.Choice(["heun", "euler", "dpm2m"]), default="heun", show_default=True,
+@click.option("--solver", type=click.Choice(SOLVERS), default="heun", show_default=True,
               help="Default solver recorded in the manifest.")
-@click.option("--steps", type=click.IntRange(min=1), default=18, show_default=True,
+@click.option("--steps", type=IntRange(1, 10_000), default=18, show_default=True,
               help="Default number of noise levels recorded in the manifest.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs TensorRT and an NVIDIA GPU).")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
@@ -45,19 +46,19 @@ def command(checkpoint, out, max_batch, opt_batch, solver, steps, trt, quiet):
         raise UserError(f"--opt-batch {opt_batch} is larger than --max-batch {max_batch}; lower it")
     out = out or checkpoint.parent / "bundle"
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    from .bundle import add_engines, export_bundle
+    from discodiff.export.bundle import add_engines, export_bundle
 
     man = export_bundle(checkpoint, out, max_batch=max_batch, opt_batch=opt_batch, solver=solver, steps=steps, log=log)
-    click.echo(summary(man, out))
+    click.echo(summary(man.raw, out))
     if trt:
-        from .trt import TrtUnavailable
+        from discodiff.export.trt import TrtUnavailable
 
         try:
-            man = add_engines(out, man, log=log)
+            man = add_engines(man, log=log)
         except TrtUnavailable as e:
             raise UserError(f"{e} (the ONNX bundle at {out} is complete and usable)") from None
-        click.echo(f"TensorRT {man['tensorrt']['tensorrt']} engines on {man['tensorrt']['gpu']}: "
-                   + ", ".join(man["engines"]))
+        click.echo(f"TensorRT {man.raw['tensorrt']['tensorrt']} engines on {man.raw['tensorrt']['gpu']}: "
+                   + ", ".join(man.engines))
 
 
 def summary(man: dict, out: Path) -> str:

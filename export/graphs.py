@@ -1,54 +1,18 @@
-"""What gets exported: one I/O contract per network (names, dtypes, shapes, batch range, sample input)
-and the thin torch wrappers whose forward is exactly that contract.
+"""What gets exported: one I/O contract per network (`discodiff.runtime.contract.GraphSpec`: names,
+dtypes, shapes, valid integer values, batch range) and the thin torch wrappers whose forward is
+exactly that contract.
 
-The same `GraphSpec` drives the ONNX export, the TensorRT optimisation profile, the manifest entry
-and the parity checks, so they cannot disagree.
+The same spec drives the ONNX export, the TensorRT optimisation profile, the manifest entry, the
+backends' input checks and the parity feeds, so they cannot disagree.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import numpy as np
 import torch
 from torch import nn
 
-from ..networks import DisCoDiff
-
-
-@dataclass
-class TensorSpec:
-    name: str
-    dtype: str                        # numpy dtype name: float32, int32
-    shape: list                       # "B" marks the batch axis; every other axis is static
-
-    def concrete(self, batch: int) -> tuple[int, ...]:
-        return tuple(batch if d == "B" else int(d) for d in self.shape)
-
-
-@dataclass
-class GraphSpec:
-    name: str                         # manifest key and file stem
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    batch: dict                       # {"min", "opt", "max"}
-    precision: str = "fp32"           # "fp32" | "mixed-fp16"
-    extra: dict = field(default_factory=dict)
-
-    def sample_inputs(self, batch: int, rng: np.random.Generator, ranges: dict | None = None) -> dict[str, np.ndarray]:
-        """Random inputs of this contract; integer inputs drawn from `ranges[name] = (low, high)`."""
-        out = {}
-        for t in self.inputs:
-            shape = t.concrete(batch)
-            if t.dtype.startswith("int"):
-                lo, hi = (ranges or {}).get(t.name, (0, 2))
-                out[t.name] = rng.integers(lo, hi, size=shape).astype(t.dtype)
-            else:
-                out[t.name] = rng.standard_normal(shape).astype(t.dtype)
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Wrappers (forward = the graph's contract)
+from discodiff.networks import DisCoDiff
+from discodiff.runtime.contract import GUIDANCE_BATCH, BatchRange, GraphSpec, TensorSpec
+from discodiff.sampling import model_meta
 
 
 class DenoiserGraph(nn.Module):
@@ -97,47 +61,41 @@ class PriorRecomputeGraph(nn.Module):
         return self.prior(tokens)
 
 
-# ---------------------------------------------------------------------------------------------
-# Specs
-
-
-def _batch(max_batch: int, opt: int) -> dict:
-    return {"min": 1, "opt": max(1, min(opt, max_batch)), "max": max_batch}
+def _batch(max_batch: int, opt: int) -> BatchRange:
+    return BatchRange(1, max(1, min(opt, max_batch)), max_batch)
 
 
 def graph_specs(model: DisCoDiff, max_batch: int = 64, opt_batch: int = 32) -> dict[str, tuple[GraphSpec, nn.Module]]:
-    """Every graph of a bundle, with its wrapper. The denoiser's range is doubled for guidance (2B)."""
-    cfg = model.cfg
-    shape = list(cfg.data_shape)
-    specs: dict[str, tuple[GraphSpec, nn.Module]] = {}
-    den_in = [TensorSpec("x", "float32", ["B", *shape]), TensorSpec("sigma", "float32", ["B"])]
+    """Every graph of a bundle, with its wrapper (None for the fp16 denoiser: made from the fp32 one).
+    The denoiser's batch range is GUIDANCE_BATCH x the sampling batch."""
+    cfg, meta = model.cfg, model_meta(model.cfg)
+    x = TensorSpec("x", "float32", ["B", *cfg.data_shape])
+    den_in = [x, TensorSpec("sigma", "float32", ["B"])]
     if cfg.m:
-        den_in.append(TensorSpec("tokens", "int32", ["B", cfg.m]))
+        den_in.append(TensorSpec("tokens", "int32", ["B", cfg.m], (0, meta.null_code)))
     if cfg.num_classes:
-        den_in.append(TensorSpec("class_labels", "int32", ["B"]))
-    den_out = [TensorSpec("denoised", "float32", ["B", *shape])]
-    den_batch = _batch(2 * max_batch, opt_batch)
-    wrapper = DenoiserGraph(model.denoiser)
-    specs["denoiser"] = (GraphSpec("denoiser", den_in, den_out, den_batch), wrapper)
-    specs["denoiser_fp16"] = (GraphSpec("denoiser_fp16", den_in, den_out, den_batch, precision="mixed-fp16"), None)
+        den_in.append(TensorSpec("class_labels", "int32", ["B"], (0, cfg.num_classes - 1)))
+    den_out = [TensorSpec("denoised", "float32", ["B", *cfg.data_shape])]
+    den_batch = _batch(GUIDANCE_BATCH * max_batch, opt_batch)
+    specs: dict[str, tuple[GraphSpec, nn.Module | None]] = {
+        "denoiser": (GraphSpec("denoiser", den_in, den_out, den_batch), DenoiserGraph(model.denoiser)),
+        "denoiser_fp16": (GraphSpec("denoiser_fp16", den_in, den_out, den_batch, precision="mixed-fp16"), None),
+    }
     if cfg.m:
-        p = model.prior
-        cache_shape = [p.layers, "B", p.heads, p.max_len, p.head_dim]   # [L, B, H, T, Dh]
+        p, batch = model.prior, _batch(max_batch, opt_batch)
+        cache = [p.layers, "B", p.heads, p.max_len, p.head_dim]                  # [L, B, H, T, Dh]
         specs["encoder"] = (GraphSpec(
-            "encoder", [TensorSpec("x", "float32", ["B", *shape])],
-            [TensorSpec("logits", "float32", ["B", cfg.m, cfg.k]), TensorSpec("tokens", "int32", ["B", cfg.m])],
-            _batch(max_batch, opt_batch)), EncoderGraph(model.encoder))
+            "encoder", [x], [TensorSpec("logits", "float32", ["B", cfg.m, cfg.k]), TensorSpec("tokens", "int32", ["B", cfg.m])],
+            batch), EncoderGraph(model.encoder))
+        # position 0 takes a label (0..num_classes, the last the null label), later positions a code
+        token = TensorSpec("token", "int32", ["B"], (0, max(meta.null_label, cfg.k - 1)))
         specs["prior_step"] = (GraphSpec(
             "prior_step",
-            [TensorSpec("token", "int32", ["B"]), TensorSpec("pos", "int32", [1]),
-             TensorSpec("k_cache", "float32", cache_shape), TensorSpec("v_cache", "float32", cache_shape)],
-            [TensorSpec("logits", "float32", ["B", cfg.k]), TensorSpec("k_cache_out", "float32", cache_shape),
-             TensorSpec("v_cache_out", "float32", cache_shape)],
-            _batch(max_batch, opt_batch),
-            extra={"cache": {"layers": p.layers, "heads": p.heads, "max_len": p.max_len, "head_dim": p.head_dim},
-                   "null_label": p.null_label}), PriorStepGraph(p))
+            [token, TensorSpec("pos", "int32", [1], (0, p.max_len - 1)),
+             TensorSpec("k_cache", "float32", cache), TensorSpec("v_cache", "float32", cache)],
+            [TensorSpec("logits", "float32", ["B", cfg.k]), TensorSpec("k_cache_out", "float32", cache),
+             TensorSpec("v_cache_out", "float32", cache)], batch), PriorStepGraph(p))
         specs["prior_recompute"] = (GraphSpec(
-            "prior_recompute", [TensorSpec("tokens", "int32", ["B", p.max_len])],
-            [TensorSpec("logits", "float32", ["B", p.max_len, cfg.k])],
-            _batch(max_batch, opt_batch), extra={"null_label": p.null_label}), PriorRecomputeGraph(p))
+            "prior_recompute", [TensorSpec("tokens", "int32", ["B", p.max_len], (0, max(meta.null_label, cfg.k - 1)))],
+            [TensorSpec("logits", "float32", ["B", p.max_len, cfg.k])], batch), PriorRecomputeGraph(p))
     return specs

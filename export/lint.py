@@ -54,6 +54,7 @@ class LintReport:
 
 
 def lint(model: onnx.ModelProto, name: str, batch_axis: str = "B") -> LintReport:
+    """Every TensorRT-compatibility problem of graph `model` (see the module docstring), without TensorRT."""
     rep = LintReport(name)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or not TRT_OPSET_RANGE[0] <= opset <= TRT_OPSET_RANGE[1]:

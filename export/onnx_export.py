@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 import torch
 
-from ..errors import UserError
-from ..networks import to_mixed_fp16
-from .graphs import GraphSpec
+from discodiff.errors import UserError
+from discodiff.networks import to_mixed_fp16
+from discodiff.runtime.contract import GraphSpec
 
 OPSET = 18
 
@@ -42,7 +42,7 @@ def _quiet():
 def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, example: dict[str, np.ndarray]) -> onnx.ModelProto:
     """Export `module` (whose forward takes the spec's inputs as keywords) to `path` and check it."""
     kwargs = {name: torch.from_numpy(example[name]) for name in (t.name for t in spec.inputs)}
-    batch = torch.export.Dim("B", min=spec.batch["min"], max=spec.batch["max"])
+    batch = torch.export.Dim("B", min=spec.batch.min, max=spec.batch.max)
     dynamic = {t.name: {i: batch for i, d in enumerate(t.shape) if d == "B"} for t in spec.inputs}
     module = module.eval()
     try:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write
-from ..errors import UserError
+from discodiff.atomic import atomic_write
+from discodiff.errors import UserError
+from discodiff.runtime.contract import GraphSpec
 
 INSTALL_HINT = ("install TensorRT 10.12+ on a CUDA host (pip install tensorrt), or run without --trt "
                 "to use the ONNX bundle with ONNX Runtime")
@@ -32,7 +33,7 @@ def require() -> dict:
     except ImportError:
         raise TrtUnavailable(f"TensorRT engines need TensorRT and an NVIDIA GPU, and the tensorrt package is not "
                              f"installed; {INSTALL_HINT}") from None
-    from ..runtime.backends.trt import available, gpu_stamp
+    from discodiff.runtime.backends.trt import available, gpu_stamp
 
     ok, why = available()
     if not ok:
@@ -40,19 +41,18 @@ def require() -> dict:
     return {"tensorrt": trt.__version__, **gpu_stamp()}
 
 
-def _profile(spec: dict):
+def _profile(spec: GraphSpec):
     from polygraphy.backend.trt import Profile
 
-    b = spec["batch"]
     prof = Profile()
-    for t in spec["inputs"]:
-        if "B" in t["shape"]:
-            dims = [tuple(n if d == "B" else d for d in t["shape"]) for n in (b["min"], b["opt"], b["max"])]
-            prof.add(t["name"], min=dims[0], opt=dims[1], max=dims[2])
+    for t in spec.inputs:
+        if t.batched:
+            b = spec.batch
+            prof.add(t.name, min=t.concrete(b.min), opt=t.concrete(b.opt), max=t.concrete(b.max))
     return prof
 
 
-def build_engine(onnx_path: Path, spec: dict, engine_path: Path, timing_cache: Path) -> None:
+def build_engine(onnx_path: Path, spec: GraphSpec, engine_path: Path, timing_cache: Path) -> None:
     """Build a strongly typed engine for `onnx_path` with one profile over the batch range."""
     from polygraphy.backend.trt import CreateConfig, engine_bytes_from_network, network_from_onnx_path
 
@@ -65,31 +65,26 @@ def build_engine(onnx_path: Path, spec: dict, engine_path: Path, timing_cache: P
     atomic_write(engine_path, lambda tmp: Path(tmp).write_bytes(bytes(data)))
 
 
-def check_engine(engine_path: Path, spec: dict, onnx_path: Path, rng: np.random.Generator) -> dict:
-    """Engine vs ONNX Runtime on random inputs at the profile's opt batch: relative L2 per output."""
+def check_engine(engine_path: Path, spec: GraphSpec, onnx_path: Path, rng: np.random.Generator,
+                 sigma_data: float = 1.0) -> dict:
+    """Engine vs ONNX Runtime on the contract's random feeds at the profile's opt batch: relative L2
+    per output."""
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    from ..runtime.backends.ort import OrtBackend
+    from discodiff.runtime.backends.ort import OrtBackend
 
-    batch = spec["batch"]["opt"]
-    feeds = {}
-    for t in spec["inputs"]:
-        shape = tuple(batch if d == "B" else d for d in t["shape"])
-        if t["dtype"] == "int32":
-            feeds[t["name"]] = rng.integers(0, 2, size=shape).astype(np.int32)
-        elif t["name"] == "sigma":
-            feeds[t["name"]] = np.exp(rng.uniform(np.log(0.002), np.log(80), size=shape)).astype(np.float32)
-        else:
-            feeds[t["name"]] = rng.standard_normal(shape).astype(np.float32)
-    ref = OrtBackend({spec["name"]: spec}, {spec["name"]: onnx_path}).run(spec["name"], feeds)
+    batch = spec.batch.opt
+    feeds = spec.sample_feeds(rng, batch, sigma_data)
+    with OrtBackend({spec.name: spec}, {spec.name: onnx_path}) as ort_backend:
+        ref = ort_backend.run(spec.name, feeds)
     with TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path)))) as runner:
         out = runner.infer(feeds)
     errs = {}
     for name, r in ref.items():
         o = np.asarray(out[name]).astype(np.float64)
         errs[name] = float(np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-12))
-    tol = ENGINE_REL_TOL.get(spec["precision"], ENGINE_REL_TOL["fp32"])
+    tol = ENGINE_REL_TOL.get(spec.precision, ENGINE_REL_TOL["fp32"])
     worst = max(errs.values())
     if worst > tol:
         raise UserError(f"TensorRT engine {engine_path.name} differs from ONNX Runtime (relative L2 {worst:.2e} > {tol:g}); "

@@ -1,67 +1,91 @@
-"""Opening a bundle: manifest checks, then the backend and the sampling pipeline over it."""
+"""Opening a bundle for sampling: manifest checks, the backend over the graphs sampling needs, and the
+model adapter over the backend, released together:
+
+    with open_bundle("runs/shapes/bundle") as b:
+        x, tokens = sample_batch(b.model, draws)
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from .manifest import REEXPORT, load_manifest
-from .pipeline import ModelMeta, Pipeline
+from discodiff.errors import UserError
+from discodiff.runtime.manifest import REEXPORT, Manifest
+from discodiff.runtime.model import BundleModel
 
 BACKENDS = ("auto", "ort", "trt")
 PRECISIONS = ("auto", "fp32", "fp16")
+PRIORS = ("cache", "recompute")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass
 class Opened:
-    manifest: dict
+    manifest: Manifest
     backend: object
-    pipeline: Pipeline
+    model: BundleModel
     denoiser: str                  # which denoiser graph runs: "denoiser" or "denoiser_fp16"
 
+    def __enter__(self) -> "Opened":
+        return self
 
-def choose_backend(manifest: dict, backend: str) -> str:
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def choose_backend(manifest: Manifest, backend: str) -> str:
     if backend != "auto":
         return backend
-    if not manifest.get("engines"):
+    if not manifest.engines:
         return "ort"
-    from .backends.trt import available
+    from discodiff.runtime.backends.trt import available
 
     return "trt" if available()[0] else "ort"
 
 
 def open_bundle(bundle: Path, backend: str = "auto", precision: str = "auto", device: str = "cpu",
-                threads: int | None = None, prior: str = "cache", graphs: tuple[str, ...] | None = None) -> Opened:
+                threads: int | None = None, prior: str = "cache", graphs: tuple[str, ...] | None = None,
+                spinning: bool = True, manifest: Manifest | None = None) -> Opened:
     """Check the bundle and load what sampling needs: the chosen denoiser and the prior graph
-    (`prior` = "cache" for the KV-cache step graph, "recompute" for the baseline); `graphs` overrides."""
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    man = load_manifest(Path(bundle))
+    (`prior` = "cache" for the KV-cache step graph, "recompute" for the baseline); `graphs` overrides.
+    Use the result as a context manager (or call close())."""
+    for value, choices, what in ((backend, BACKENDS, "backend"), (precision, PRECISIONS, "precision"),
+                                 (prior, PRIORS, "prior"), (device, DEVICES, "device")):
+        if value not in choices:
+            raise UserError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    man = manifest or Manifest.load(Path(bundle))
     kind = choose_backend(man, backend)
     if precision == "auto":  # fp16 where it pays (TensorRT); ONNX Runtime on CPU runs float32
         precision = "fp16" if kind == "trt" else "fp32"
     denoiser = "denoiser_fp16" if precision == "fp16" else "denoiser"
-    if denoiser not in man["graphs"]:
-        raise UserError(f"the bundle has no {denoiser} graph; {REEXPORT}")
+    man.graph(denoiser)
     if graphs is None:
-        graphs = (denoiser,) + ((("prior_step" if prior == "cache" else "prior_recompute"),) if man["m"] else ())
-    graphs = {name: man["graphs"][name] for name in graphs}
+        graphs = (denoiser,) + ((("prior_step" if prior == "cache" else "prior_recompute"),) if man.meta.m else ())
+    specs = {name: man.graph(name) for name in graphs}
     if kind == "trt":
-        if not man.get("engines"):
+        if not man.engines:
             raise UserError(f"{bundle} has no TensorRT engines; build them with discodiff-export --trt, "
                             "or use --backend ort")
-        from .backends.trt import TrtBackend
+        from discodiff.runtime.backends.trt import TrtBackend
 
-        missing = [g for g in graphs if g not in man["engines"]]
+        missing = [g for g in specs if g not in man.engines]
         if missing:
             raise UserError(f"{bundle} has no engine for {', '.join(missing)}; rebuild with discodiff-export --trt")
-        paths = {g: Path(bundle) / man["engines"][g]["file"] for g in graphs}
-        be = TrtBackend(graphs, paths, man.get("tensorrt") or {})
+        paths = {g: man.bundle / man.engines[g]["file"] for g in specs}
+        be = TrtBackend(specs, paths, man.raw.get("tensorrt") or {})
     else:
-        from .backends.ort import OrtBackend
+        from discodiff.runtime.backends.ort import OrtBackend
 
-        paths = {g: Path(bundle) / man["graphs"][g]["file"] for g in graphs}
-        be = OrtBackend(graphs, paths, device=device, threads=threads)
-    return Opened(man, be, Pipeline(be, ModelMeta.from_manifest(man), denoiser=denoiser), denoiser)
+        paths = {g: man.bundle / specs[g].file for g in specs}
+        be = OrtBackend(specs, paths, device=device, threads=threads, spinning=spinning)
+    try:
+        return Opened(man, be, BundleModel(be, man.meta, denoiser=denoiser), denoiser)
+    except BaseException:
+        be.close()
+        raise
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "PRIORS", "DEVICES", "Opened", "open_bundle", "REEXPORT"]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from discodiff.runtime.contract import ModelMeta
+
 STREAM_LABEL, STREAM_PRIOR, STREAM_NOISE, STREAM_CHURN = 0, 1, 2, 3
 
 
@@ -40,26 +42,6 @@ def churn_noise(seeds: np.ndarray, step: int, shape: tuple[int, ...]) -> np.ndar
     return np.stack([_rng(s, STREAM_CHURN, step).standard_normal(shape) for s in seeds]).astype(np.float32)
 
 
-def categorical(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: int = 0) -> np.ndarray:
-    """Pick one code per row by inverse CDF: logits [n, k], u [n] in [0, 1) -> int32 [n].
-
-    Computed in float64 from the given logits so that backends whose logits agree to ~1e-6 pick the
-    same codes. temperature 0 picks the arg-max; top_k > 0 keeps only the k most likely codes.
-    """
-    logits = np.asarray(logits, np.float64)
-    if temperature <= 0:
-        return logits.argmax(axis=1).astype(np.int32)
-    z = logits / temperature
-    if 0 < top_k < z.shape[1]:
-        kth = np.sort(z, axis=1)[:, -top_k][:, None]
-        z = np.where(z >= kth, z, -np.inf)
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    cdf = np.cumsum(p, axis=1)
-    cdf /= cdf[:, -1:]
-    idx = (cdf <= np.asarray(u, np.float64)[:, None]).sum(axis=1)
-    return np.minimum(idx, z.shape[1] - 1).astype(np.int32)
-
-
 @dataclass
 class Draws:
     """Everything random about samples `seeds`, drawn up front (churn noise is drawn per step)."""
@@ -73,14 +55,16 @@ class Draws:
         return Draws(self.seeds[idx], self.labels[idx], self.u[idx], self.noise[idx])
 
 
-def draw(seeds, data_shape: tuple[int, ...], m: int, num_classes: int, class_label: int | None = None) -> Draws:
+def draw(seeds, meta: ModelMeta, class_label: int | None = None) -> Draws:
+    """The draws of samples `seeds` for a model: class labels (drawn per seed, or `class_label` for all,
+    or the prior's null label when unconditional), prior uniforms and initial noise."""
     seeds = np.asarray(seeds, np.int64).reshape(-1)
     if (seeds < 0).any():
         raise ValueError("seeds must be >= 0")
-    if num_classes == 0:
-        labels = np.zeros(len(seeds), np.int32)  # the null label of an unconditional prior
+    if meta.num_classes == 0:
+        labels = np.full(len(seeds), meta.null_label, np.int32)
     elif class_label is None:
-        labels = class_labels(seeds, num_classes)
+        labels = class_labels(seeds, meta.num_classes)
     else:
         labels = np.full(len(seeds), class_label, np.int32)
-    return Draws(seeds, labels, prior_uniforms(seeds, m), initial_noise(seeds, tuple(data_shape)))
+    return Draws(seeds, labels, prior_uniforms(seeds, meta.m), initial_noise(seeds, tuple(meta.data_shape)))

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..atomic import atomic_write
+from discodiff.atomic import atomic_write
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

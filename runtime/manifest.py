@@ -1,111 +1,191 @@
-"""The bundle's manifest: reading it and refusing a bundle that does not hold together.
+"""The bundle's manifest: read it, check it as a schema, verify its files, and answer questions about it.
 
-Checks: the manifest parses and has this toolkit's format and schema; every file it names exists and
-has the recorded sha256; the graphs' input and output shapes agree with the model's data shape, m, k
-and classes. Engine checks (TensorRT version, GPU) are made by the TensorRT backend when it loads.
-Each failure is one `UserError` line saying what to do.
+`Manifest.load(bundle)` refuses a bundle that does not hold together, with one `UserError` line that
+says what to do: not this toolkit's format or schema; a key missing or of the wrong type or range; graph
+contracts that disagree with the model (data shape, m, k, classes); a file missing or not matching its
+sha256. The graph files' own inputs and outputs are compared with these contracts when a backend loads
+them; engine checks (TensorRT version, GPU) are made by the TensorRT backend.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import sha256_file
-from ..errors import UserError
+from discodiff.atomic import sha256_file
+from discodiff.errors import UserError
+from discodiff.runtime.contract import GUIDANCE_BATCH, ContractError, GraphSpec, ModelMeta, _expect, _int
+from discodiff.runtime.schedule import SCHEDULES
+from discodiff.runtime.solvers import SOLVERS
 
 FORMAT = "discodiff-bundle"
-SCHEMA = 1
+SCHEMA = 2
 MANIFEST = "manifest.json"
 REEXPORT = "re-export it with discodiff-export"
+MODEL_GRAPHS = ("encoder", "prior_step", "prior_recompute")   # present when m > 0
 
 
-def load_manifest(bundle: Path, verify: bool = True) -> dict:
-    bundle = Path(bundle)
-    path = bundle / MANIFEST
-    if not bundle.exists():
-        raise UserError(f"bundle {bundle} does not exist; create it with discodiff-train then discodiff-export, "
-                        "or pass --bundle")
-    if not path.is_file():
-        raise UserError(f"{bundle} has no {MANIFEST}, so it is not a bundle; {REEXPORT}")
+@dataclass
+class Manifest:
+    bundle: Path
+    meta: ModelMeta
+    graphs: dict[str, GraphSpec]
+    sampling: dict                      # {"solver", "steps", "schedule", "fitted": {nfe: {...}}}
+    class_names: list[str]
+    engines: dict[str, dict] = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)   # the whole JSON, for what only people read (parity, source)
+
+    # ----------------------------------------------------------------------------------- reading
+    @classmethod
+    def load(cls, bundle: Path, verify: bool = True) -> "Manifest":
+        bundle = Path(bundle)
+        path = bundle / MANIFEST
+        if not bundle.exists():
+            raise UserError(f"bundle {bundle} does not exist; create it with discodiff-train then discodiff-export, "
+                            "or pass --bundle")
+        if not path.is_file():
+            raise UserError(f"{bundle} has no {MANIFEST}, so it is not a bundle; {REEXPORT}")
+        try:
+            raw = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError, OSError) as e:
+            raise UserError(f"{path} is not valid JSON ({' '.join(str(e).split())}); {REEXPORT}")
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise UserError(f"{path} is not a DisCo-Diff bundle manifest; {REEXPORT}")
+        if raw.get("schema") != SCHEMA:
+            raise UserError(f"{bundle} has bundle schema {raw.get('schema')!r}, this runtime reads schema {SCHEMA}; "
+                            f"{REEXPORT} from this toolkit version")
+        try:
+            man = cls.from_dict(bundle, raw)
+        except (ContractError, KeyError, TypeError) as e:
+            what = f"key {e} is missing" if isinstance(e, KeyError) else str(e)
+            raise UserError(f"{path} is malformed ({what}); {REEXPORT}")
+        if verify:
+            man.verify()
+        return man
+
+    @classmethod
+    def from_dict(cls, bundle: Path, raw: dict) -> "Manifest":
+        for key in ("data_shape", "num_classes", "m", "k", "edm", "sampling", "graphs"):
+            if key not in raw:
+                raise KeyError(key)
+        _expect(isinstance(raw["edm"], dict), "edm", "must be an object")
+        meta = ModelMeta.from_dict(raw, raw["edm"])
+        _expect(isinstance(raw["graphs"], dict), "graphs", "must be an object")
+        graphs = {name: GraphSpec.from_dict(name, g) for name, g in raw["graphs"].items()}
+        names = raw.get("class_names") or []
+        _expect(isinstance(names, list) and all(isinstance(n, str) for n in names)
+                and len(names) in (0, meta.num_classes), "class_names", f"must be {meta.num_classes} strings or empty")
+        engines = raw.get("engines") or {}
+        _expect(isinstance(engines, dict), "engines", "must be an object")
+        for name, e in engines.items():
+            _expect(isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("sha256"), str),
+                    f"engines.{name}", "needs file and sha256")
+        man = cls(bundle, meta, graphs, _check_sampling(raw["sampling"]), names, engines, raw)
+        _check_graphs(man)
+        return man
+
+    def verify(self) -> None:
+        """Every file the manifest names exists and has its recorded sha256."""
+        for kind, entries in (("graph", {n: g.to_dict() for n, g in self.graphs.items()}), ("engine", self.engines)):
+            for name, entry in entries.items():
+                f = self.bundle / entry["file"]
+                if not f.is_file():
+                    raise UserError(f"{kind} {name}: {f} is missing from the bundle; {REEXPORT}")
+                if sha256_file(f) != entry["sha256"]:
+                    raise UserError(f"{kind} {name}: {f} does not match its sha256 in the manifest (the file was changed "
+                                    f"or damaged); {REEXPORT}")
+
+    # ----------------------------------------------------------------------------------- questions
+    def graph(self, name: str) -> GraphSpec:
+        if name not in self.graphs:
+            raise UserError(f"the bundle {self.bundle} has no {name} graph; {REEXPORT}")
+        return self.graphs[name]
+
+    @property
+    def sampling_batch_max(self) -> int:
+        """The largest sampling batch: the denoiser graph takes GUIDANCE_BATCH x it (guidance halves)."""
+        return self.graphs["denoiser"].batch.max // GUIDANCE_BATCH
+
+    def files(self) -> set[str]:
+        """Every file name the bundle consists of, the manifest included."""
+        names = {MANIFEST} | {g.file for g in self.graphs.values()} | {e["file"] for e in self.engines.values()}
+        names |= {f for g in self.graphs.values() for f in g.info.get("external_data", {})}
+        cache = self.raw.get("timing_cache")
+        return names | ({cache["file"]} if isinstance(cache, dict) and "file" in cache else set())
+
+
+def load_manifest(bundle: Path, verify: bool = True) -> Manifest:
+    """Read, check and (with `verify`) hash-check the bundle at `bundle`; one UserError line if anything is off."""
+    return Manifest.load(bundle, verify)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema checks beyond single fields
+
+
+def _check_sampling(s: dict) -> dict:
+    _expect(isinstance(s, dict), "sampling", "must be an object")
+    _expect(s.get("solver") in SOLVERS, "sampling.solver", f"must be one of {', '.join(SOLVERS)}, got {s.get('solver')!r}")
+    _int(s.get("steps"), "sampling.steps", 1)
+    schedule = s.setdefault("schedule", "edm")
+    _expect(schedule in SCHEDULES + ("fitted",), "sampling.schedule", f"unknown schedule {schedule!r}")
+    fitted = s.setdefault("fitted", {})
+    _expect(isinstance(fitted, dict), "sampling.fitted", "must be an object")
+    for key, fit in fitted.items():
+        where = f"sampling.fitted.{key}"
+        _expect(isinstance(fit, dict) and key.isascii() and key.isdigit(), where, "must be keyed by the number of calls")
+        _expect(fit.get("solver") in SOLVERS, where, f"unknown solver {fit.get('solver')!r}")
+        sig = fit.get("sigmas")
+        _expect(isinstance(sig, list) and len(sig) >= 2 and sig[-1] == 0
+                and all(isinstance(v, (int, float)) and v >= 0 for v in sig)
+                and all(a > b for a, b in zip(sig, sig[1:])), where, "sigmas must decrease strictly to 0")
+        _int(fit.get("nfe"), f"{where}.nfe", 1)
+    return s
+
+
+def _shape(g: GraphSpec, kind: str, name: str) -> list:
     try:
-        man = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); {REEXPORT}")
-    if not isinstance(man, dict) or man.get("format") != FORMAT:
-        raise UserError(f"{path} is not a DisCo-Diff bundle manifest; {REEXPORT}")
-    if man.get("schema") != SCHEMA:
-        raise UserError(f"{bundle} has bundle schema {man.get('schema')}, this runtime reads schema {SCHEMA}; "
-                        f"{REEXPORT} from the same toolkit version")
-    try:
-        _check_keys(man)
-        _check_shapes(man)
-    except (KeyError, TypeError, ValueError, StopIteration) as e:
-        raise UserError(f"{path} is malformed ({type(e).__name__}: {e}); {REEXPORT}")
-    if verify:
-        for kind in ("graphs", "engines"):
-            for name, entry in (man.get(kind) or {}).items():
-                verify_file(bundle, entry, f"{kind[:-1]} {name}")
-    return man
+        return (g.input if kind == "input" else g.output)(name).shape
+    except StopIteration:
+        raise ContractError(f"graphs.{g.name}: has no {kind} {name!r}") from None
 
 
-def verify_file(bundle: Path, entry: dict, what: str) -> Path:
-    f = bundle / entry["file"]
-    if not f.is_file():
-        raise UserError(f"{what}: {f} is missing from the bundle; {REEXPORT}")
-    if sha256_file(f) != entry["sha256"]:
-        raise UserError(f"{what}: {f} does not match its sha256 in the manifest (the file was changed or damaged); "
-                        f"{REEXPORT}")
-    return f
-
-
-REQUIRED = ("data_shape", "num_classes", "m", "k", "edm", "sampling", "graphs")
-REQUIRED_EDM = ("sigma_min", "sigma_max", "rho")
-REQUIRED_GRAPH = ("file", "sha256", "inputs", "outputs", "batch", "precision")
-
-
-def _check_keys(man: dict) -> None:
-    for key in REQUIRED:
-        if key not in man:
-            raise KeyError(key)
-    for key in REQUIRED_EDM:
-        if key not in man["edm"]:
-            raise KeyError(f"edm.{key}")
-    for key in ("solver", "steps"):
-        if key not in man["sampling"]:
-            raise KeyError(f"sampling.{key}")
-    for kind, needed in (("graphs", REQUIRED_GRAPH), ("engines", ("file", "sha256"))):
-        for name, entry in (man.get(kind) or {}).items():
-            for key in needed:
-                if key not in entry:
-                    raise KeyError(f"{kind}.{name}.{key}")
-
-
-def _io(entry: dict, kind: str, name: str) -> list:
-    return next(t for t in entry[kind] if t["name"] == name)["shape"]
-
-
-def _check_shapes(man: dict) -> None:
-    shape, m, k, classes = list(man["data_shape"]), int(man["m"]), int(man["k"]), int(man["num_classes"])
-    graphs = man["graphs"]
-    if "denoiser" not in graphs:
-        raise ValueError("no denoiser graph")
+def _check_graphs(man: Manifest) -> None:
+    """The graphs agree with the model: names, shapes, integer ranges, and the set of graphs."""
+    meta, graphs = man.meta, man.graphs
+    shape = ["B", *meta.data_shape]
+    _expect("denoiser" in graphs, "graphs", "has no denoiser graph")
     for name in ("denoiser", "denoiser_fp16"):
         if name not in graphs:
             continue
         g = graphs[name]
-        names = [t["name"] for t in g["inputs"]]
-        want = ["x", "sigma"] + (["tokens"] if m else []) + (["class_labels"] if classes else [])
-        if names != want:
-            raise ValueError(f"{name} takes {names}, the model needs {want}")
-        if _io(g, "inputs", "x") != ["B", *shape] or _io(g, "outputs", "denoised") != ["B", *shape]:
-            raise ValueError(f"{name} shapes do not match data_shape {shape}")
-        if m and _io(g, "inputs", "tokens") != ["B", m]:
-            raise ValueError(f"{name} tokens shape does not match m={m}")
-    if m:
-        for name in ("encoder", "prior_step", "prior_recompute"):
-            if name not in graphs:
-                raise ValueError(f"m={m} but no {name} graph")
-        if _io(graphs["prior_step"], "outputs", "logits") != ["B", k]:
-            raise ValueError(f"prior_step logits do not match k={k}")
-        if _io(graphs["prior_recompute"], "inputs", "tokens") != ["B", m]:
-            raise ValueError(f"prior_recompute tokens do not match m={m}")
+        want = ["x", "sigma"] + (["tokens"] if meta.m else []) + (["class_labels"] if meta.num_classes else [])
+        _expect(g.input_names == want, f"graphs.{name}", f"takes {g.input_names}, the model needs {want}")
+        _expect(_shape(g, "input", "x") == shape and _shape(g, "output", "denoised") == shape, f"graphs.{name}",
+                f"x / denoised shapes do not match data_shape {list(meta.data_shape)}")
+        _expect(_shape(g, "input", "sigma") == ["B"], f"graphs.{name}", "sigma must be [B]")
+        if meta.m:
+            _expect(_shape(g, "input", "tokens") == ["B", meta.m], f"graphs.{name}", f"tokens do not match m={meta.m}")
+            _expect(g.input("tokens").values in (None, (0, meta.null_code)), f"graphs.{name}",
+                    f"tokens values must be 0..{meta.null_code} (k={meta.k} codes and the null code)")
+        if meta.num_classes:
+            _expect(g.input("class_labels").values in (None, (0, meta.num_classes - 1)), f"graphs.{name}",
+                    f"class_labels values must be 0..{meta.num_classes - 1}")
+        _expect(g.batch.max >= GUIDANCE_BATCH, f"graphs.{name}.batch", f"max must be >= {GUIDANCE_BATCH}")
+    if not meta.m:
+        return
+    for name in MODEL_GRAPHS:
+        _expect(name in graphs, "graphs", f"m={meta.m} but there is no {name} graph")
+    _expect(_shape(graphs["encoder"], "input", "x") == shape, "graphs.encoder", "x does not match data_shape")
+    _expect(_shape(graphs["encoder"], "output", "logits") == ["B", meta.m, meta.k], "graphs.encoder",
+            f"logits do not match m={meta.m}, k={meta.k}")
+    step = graphs["prior_step"]
+    _expect(_shape(step, "output", "logits") == ["B", meta.k], "graphs.prior_step", f"logits do not match k={meta.k}")
+    cache = _shape(step, "input", "k_cache")
+    _expect(len(cache) == 5 and cache[1] == "B" and cache[3] == meta.m and _shape(step, "input", "v_cache") == cache
+            and _shape(step, "output", "k_cache_out") == cache, "graphs.prior_step",
+            f"the KV cache must be [layers, B, heads, m={meta.m}, head_dim] in and out")
+    _expect(_shape(graphs["prior_recompute"], "input", "tokens") == ["B", meta.m], "graphs.prior_recompute",
+            f"tokens do not match m={meta.m}")
+    _expect(_shape(graphs["prior_recompute"], "output", "logits") == ["B", meta.m, meta.k], "graphs.prior_recompute",
+            f"logits do not match m={meta.m}, k={meta.k}")

@@ -1,63 +1,88 @@
-"""Shared fixtures: tiny training runs made once per session through the real in-process CLI."""
+"""The session cache: each tiny run is trained once and each tiny bundle exported once per test session,
+through the real in-process CLIs, and shared by every test package. Shared artifacts are read-only by
+convention: copy them (tests.helpers.copy_tree) before changing anything.
+
+    toy8:   toy8-tiny   (2-D points, unconditional, m=1, k=8)
+    shapes: shapes-tiny (8x8 RGB, 3 classes, m=2, k=4)
+"""
 from __future__ import annotations
 
-import hashlib
-import socket
 from pathlib import Path
 
 import pytest
 
-from discodiff.cli_util import run
-from discodiff.train import cli as train_cli
-
-VENV_BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
+from tests.helpers import MAX_BATCH, OPT_BATCH, PRESETS, export_cli, torch_threads, train_cli
 
 
-def train(*args: str) -> int:
-    """Run `discodiff-train ARGS` in this process; returns the exit code."""
-    return run(train_cli.command, args=[str(a) for a in args], prog="discodiff-train")
+class TinyCache:
+    def __init__(self, factory):
+        self.factory, self.built = factory, {}
 
+    def run(self, name: str) -> Path:
+        key = ("run", name)
+        if key not in self.built:
+            out = self.factory.mktemp(f"run-{name}") / "run"
+            with torch_threads(1):
+                assert train_cli("--preset", PRESETS[name], "--out", out, "--quiet") == 0, f"training {name} failed"
+            self.built[key] = out
+        return self.built[key]
 
-def tree_digest(path: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `path` ({} when it does not exist)."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    def bundle(self, name: str) -> Path:
+        key = ("bundle", name)
+        if key not in self.built:
+            out = self.run(name) / "bundle"
+            with torch_threads(1):
+                rc = export_cli("--checkpoint", self.run(name) / "model.safetensors", "--out", out,
+                                "--max-batch", MAX_BATCH, "--opt-batch", OPT_BATCH, "--quiet")
+            assert rc == 0, f"exporting {name} failed"
+            self.built[key] = out
+        return self.built[key]
 
+    def model(self, name: str):
+        key = ("model", name)
+        if key not in self.built:
+            from discodiff.checkpoint import load_model
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def toy8_run(tmp_path_factory) -> Path:
-    """A finished toy8-tiny run (20 stage-1 steps, 10 prior steps)."""
-    out = tmp_path_factory.mktemp("toy8") / "run"
-    assert train("--preset", "toy8-tiny", "--out", out, "--quiet") == 0
-    return out
-
-
-@pytest.fixture(scope="session")
-def shapes_run(tmp_path_factory) -> Path:
-    """A finished shapes-tiny run (8x8 RGB, 3 classes, m=2 latents)."""
-    out = tmp_path_factory.mktemp("shapes") / "run"
-    assert train("--preset", "shapes-tiny", "--out", out, "--quiet") == 0
-    return out
+            self.built[key] = load_model(self.run(name) / "model.safetensors")[0].eval()
+        return self.built[key]
 
 
 @pytest.fixture(scope="session")
-def toy8_model(toy8_run):
-    from discodiff.checkpoint import load_model
+def tiny(tmp_path_factory) -> TinyCache:
+    return TinyCache(tmp_path_factory)
 
-    return load_model(toy8_run / "model.safetensors")[0]
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
-def shapes_model(shapes_run):
-    from discodiff.checkpoint import load_model
+def toy8_run(tiny) -> Path:
+    return tiny.run("toy8")
 
-    return load_model(shapes_run / "model.safetensors")[0]
+
+@pytest.fixture(scope="session")
+def shapes_run(tiny) -> Path:
+    return tiny.run("shapes")
+
+
+@pytest.fixture(scope="session")
+def toy8_bundle(tiny) -> Path:
+    return tiny.bundle("toy8")
+
+
+@pytest.fixture(scope="session")
+def shapes_bundle(tiny) -> Path:
+    return tiny.bundle("shapes")
+
+
+@pytest.fixture(scope="session")
+def toy8_model(tiny):
+    return tiny.model("toy8")
+
+
+@pytest.fixture(scope="session")
+def shapes_model(tiny):
+    return tiny.model("shapes")

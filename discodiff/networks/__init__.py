@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import ModelConfig
-from .denoiser import Denoiser, to_mixed_fp16
-from .encoder import gumbel_weights, make_encoder
-from .prior import Prior
+from discodiff.config import ModelConfig
+from discodiff.networks.denoiser import Denoiser, to_mixed_fp16
+from discodiff.networks.encoder import gumbel_weights, make_encoder
+from discodiff.networks.prior import Prior
 
 __all__ = ["DisCoDiff", "Denoiser", "Prior", "gumbel_weights", "to_mixed_fp16"]
 

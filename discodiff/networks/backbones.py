@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DenoiserConfig
-from .layers import GroupNorm32, LayerNorm32, MultiHeadAttention, groups_for
+from discodiff.config import DenoiserConfig
+from discodiff.networks.layers import GroupNorm32, LayerNorm32, MultiHeadAttention, groups_for
 
 
 def _zero(module: nn.Module) -> nn.Module:

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from ..edm import precond_coefficients
-from .backbones import MLPBackbone, UNetBackbone
-from .layers import FourierFeatures, LatentEmbedding
+from discodiff.config import ModelConfig
+from discodiff.edm import precond_coefficients
+from discodiff.networks.backbones import MLPBackbone, UNetBackbone
+from discodiff.networks.layers import FourierFeatures, LatentEmbedding
 
 
 class Denoiser(nn.Module):

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from .layers import LayerNorm32, TransformerBlock
+from discodiff.config import ModelConfig
+from discodiff.networks.layers import LayerNorm32, TransformerBlock
 
 
 class MLPEncoder(nn.Module):

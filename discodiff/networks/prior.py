@@ -15,11 +15,10 @@ Two forwards over the same weights:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from .layers import GELU, LayerNorm32, attention
+from discodiff.config import ModelConfig
+from discodiff.networks.layers import GELU, LayerNorm32, attention
 
 
 class PriorBlock(nn.Module):
@@ -113,9 +112,3 @@ class Prior(nn.Module):
             new_v.append(vc)
         logits = self.head(self.norm(x))                                            # [B, k]
         return logits, torch.stack(new_k), torch.stack(new_v)
-
-    def loss(self, labels: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the tokens z [B, m] given labels [B] (null_label when unconditional)."""
-        inp = torch.cat([labels[:, None], z[:, :-1]], dim=1)                        # [B, m]
-        logits = self(inp)
-        return F.cross_entropy(logits.reshape(-1, self.k), z.reshape(-1))

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import click
 
-from ..cli_util import main_for, run
-from ..config import DataSpec, ModelConfig, TrainConfig, from_dict, replace, to_dict
-from ..errors import UserError
-from .. import presets, rundir
+from discodiff import presets, rundir
+from discodiff.cli_util import CONTEXT, FloatRange, IntRange, main_for, run
+from discodiff.config import DataSpec, ModelConfig, TrainConfig, check_model, check_train, from_dict, replace, to_dict
+from discodiff.errors import UserError
+
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> str:
     """Refuse --out unless it is absent, empty, or a run this toolkit wrote; returns its kind."""
@@ -38,8 +39,24 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> str:
     return kind
 
 
-def _build(preset: str | None, data: str | None, resolution: int) -> tuple[dict, "object"]:
-    from ..data import load, spec_for_path
+def _saved_options(out: Path) -> tuple[dict, dict]:
+    """The options of the run in `out` (for --resume), checked field by field."""
+    saved = rundir.read_options(out)
+    try:
+        if saved is None:
+            raise ValueError(f"{rundir.OPTIONS_FILE} is missing, truncated or not JSON")
+        opts = {"name": saved["name"], "data": from_dict(DataSpec, saved["data"]),
+                "model": check_model(from_dict(ModelConfig, saved["model"])),
+                "train": check_train(from_dict(TrainConfig, saved["train"]))}
+    except (KeyError, ValueError, TypeError) as e:
+        what = f"has no {e} entry" if isinstance(e, KeyError) else str(e)
+        raise UserError(f"--resume: {out / rundir.OPTIONS_FILE} is damaged ({what}); the run cannot be continued, "
+                        "start it again with --overwrite")
+    return saved, opts
+
+
+def _build(preset: str | None, data: str | None, resolution: int) -> tuple[dict, object]:
+    from discodiff.data import load, spec_for_path
 
     if data:
         spec = spec_for_path(data, resolution)
@@ -55,42 +72,45 @@ def _build(preset: str | None, data: str | None, resolution: int) -> tuple[dict,
     return {"name": name, "data": spec, "model": model, "train": train}, ds
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(context_settings=CONTEXT)
+# data and model
 @click.option("--preset", type=click.Choice(presets.names()), default=None,
               help=f"Built-in data + model (default: {presets.DEFAULT_PRESET}).")
 @click.option("--data", type=str, default=None, help="Training data: a .npy of float vectors [N, D], a folder of "
               "images (one subfolder per class, optional), or an EDM-style .zip.")
-@click.option("--resolution", type=click.IntRange(min=4), default=None, help="Resize --data images to this square size.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory (default: runs/<preset>).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Stage 1 steps (denoiser + encoder).")
-@click.option("--prior-steps", type=click.IntRange(min=1), default=None, help="Stage 2 steps (prior).")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Global batch size (split over DDP ranks).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Stage 1 learning rate.")
+@click.option("--resolution", type=IntRange(4, 4096), default=None, help="Resize --data images to this square size.")
+@click.option("--latents", "m", type=IntRange(0, 64), default=None,
+              help="Number of discrete latents m; 0 trains the plain EDM baseline of the same size.")
+@click.option("--codebook", "k", type=IntRange(2, 65536), default=None, help="Codebook size k per latent.")
+@click.option("--gumbel-tau", type=FloatRange(min=0, min_open=True), default=None, help="Gumbel-softmax temperature.")
+@click.option("--straight-through/--soft", default=None, help="Hard one-hot latents with straight-through gradient.")
+@click.option("--latent-dropout", type=FloatRange(0, 1, max_open=True), default=None,
+              help="Probability of the null latent (enables classifier-free guidance).")
+# optimisation
+@click.option("--steps", type=IntRange(min=1), default=None, help="Stage 1 steps (denoiser + encoder).")
+@click.option("--prior-steps", type=IntRange(min=1), default=None, help="Stage 2 steps (prior).")
+@click.option("--batch", type=IntRange(min=1), default=None, help="Global batch size (split over DDP ranks).")
+@click.option("--lr", type=FloatRange(min=0, min_open=True, max=10), default=None, help="Stage 1 learning rate.")
 @click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None,
               help="After warm-up: constant, or cosine decay to 0 at the last step (both stages).")
-@click.option("--latents", "m", type=click.IntRange(min=0), default=None,
-              help="Number of discrete latents m; 0 trains the plain EDM baseline of the same size.")
-@click.option("--codebook", "k", type=click.IntRange(min=2), default=None, help="Codebook size k per latent.")
-@click.option("--gumbel-tau", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Gumbel-softmax temperature.")
-@click.option("--straight-through/--soft", default=None, help="Hard one-hot latents with straight-through gradient.")
-@click.option("--latent-dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Probability of the null latent (enables classifier-free guidance).")
-@click.option("--sample-every", type=click.IntRange(min=0), default=None, help="Write a sample grid every N steps.")
-@click.option("--save-every", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Save the training state every N steps (for --resume).")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Training seed.")
+@click.option("--seed", type=IntRange(0, 2**62), default=None, help="Training seed.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+# run directory and outputs
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory (default: runs/<preset>).")
+@click.option("--sample-every", type=IntRange(min=0), default=None, help="Write a sample grid every N steps.")
+@click.option("--save-every", type=IntRange(min=1), default=None,
+              help="Save the training state every N steps (default 500; signals always save).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its saved state (--steps may grow).")
-@click.option("--overwrite", is_flag=True, help="Replace a finished or stopped run in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished or stopped run in --out (only its own files).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved options as JSON and stop.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(preset, data, resolution, out, steps, prior_steps, batch, lr, lr_schedule, m, k, gumbel_tau, straight_through,
-            latent_dropout, sample_every, save_every, seed, device, resume, overwrite, dry_run, quiet):
+def command(preset, data, resolution, m, k, gumbel_tau, straight_through, latent_dropout, steps, prior_steps, batch,
+            lr, lr_schedule, seed, device, out, sample_every, save_every, resume, overwrite, dry_run, quiet):
     """Train a DisCo-Diff model: stage 1 denoiser + encoder, stage 2 autoregressive prior.
 
     Writes to --out: model.safetensors (EMA weights + config), train_state.safetensors (for --resume),
-    metrics.jsonl, training_options.json, loss.png, samples.png and samples/step-*.png.
+    metrics.jsonl, training_options.json, loss.png, samples.png and samples/step-*.png. SIGINT, SIGTERM
+    and SIGHUP stop it after the current step with the state saved; --resume continues exactly.
     """
     if preset and data:
         raise UserError("give either --preset or --data, not both")
@@ -102,13 +122,11 @@ def command(preset, data, resolution, out, steps, prior_steps, batch, lr, lr_sch
 
     kind = _check_out(out, resume, overwrite)
     if resume:
-        saved = json.loads((out / "training_options.json").read_text())
+        saved, opts = _saved_options(out)
         preset = saved.get("preset")
-        opts = {"name": saved["name"], "data": from_dict(DataSpec, saved["data"]),
-                "model": from_dict(ModelConfig, saved["model"]), "train": from_dict(TrainConfig, saved["train"])}
         if explicit and explicit != saved["name"]:
             raise UserError(f"--resume continues {out}, which trains {saved['name']!r}; drop --preset/--data")
-        from ..data import load
+        from discodiff.data import load
 
         ds = load(opts["data"])
     else:
@@ -118,21 +136,22 @@ def command(preset, data, resolution, out, steps, prior_steps, batch, lr, lr_sch
     changes = {k_: v for k_, v in dict(m=m, k=k, gumbel_tau=gumbel_tau, straight_through=straight_through,
                                         latent_dropout=latent_dropout).items() if v is not None}
     if resume and changes:
-        raise UserError(f"--resume keeps the saved model; drop {', '.join('--' + c for c in changes)}")
+        raise UserError(f"--resume keeps the saved model; drop {', '.join('--' + c.replace('_', '-') for c in changes)}")
     model = replace(model, **changes)
     if model.m == 0:
         model = replace(model, latent_dropout=0.0)
     tchanges = {k_: v for k_, v in dict(steps=steps, prior_steps=prior_steps, batch=batch, lr=lr, lr_schedule=lr_schedule,
-                                         sample_every=sample_every, seed=seed).items() if v is not None}
+                                         sample_every=sample_every, save_every=save_every, seed=seed).items()
+                if v is not None}
     train = replace(train, **tchanges)
-    options = {**rundir.marker(), "name": opts["name"], "preset": preset if not data else None, "data": to_dict(opts["data"]), "model": to_dict(model),
-               "train": to_dict(train), "command": sys.argv}
+    options = {**rundir.marker(), "name": opts["name"], "preset": preset if not data else None,
+               "data": to_dict(opts["data"]), "model": to_dict(model), "train": to_dict(train), "command": sys.argv}
     if dry_run:
         click.echo(json.dumps(options, indent=2))
         return
 
-    from . import dist as dist_mod
-    from .loop import train as train_fn
+    from discodiff.train import dist as dist_mod
+    from discodiff.train.loop import train as train_fn
 
     d = dist_mod.init(device)
     try:
@@ -142,11 +161,8 @@ def command(preset, data, resolution, out, steps, prior_steps, batch, lr, lr_sch
             click.echo(f"training {opts['name']}: {len(ds)} examples of shape {list(ds.data_shape)}, "
                        f"m={model.m} latents x k={model.k} codes, {train.steps} + {train.prior_steps} steps "
                        f"on {d.device} x{d.world} -> {out}", err=True)
-        try:
-            path = train_fn(out, ds, model, train, d, options, resume=resume, save_every=save_every,
-                            progress=not quiet)
-        except KeyboardInterrupt:
-            raise UserError(f"interrupted; the state is saved, continue with: discodiff-train --out {out} --resume")
+        path = train_fn(out, ds, model, train, d, options, resume=resume, progress=not quiet,
+                        resume_hint=f"discodiff-train --out {out} --resume")
         if d.main and not quiet:
             click.echo(f"wrote {path}, {out / 'samples.png'} and {out / 'loss.png'}", err=True)
     finally:

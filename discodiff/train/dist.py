@@ -31,7 +31,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from ..errors import UserError
+        from discodiff.errors import UserError
 
         raise UserError("--device cuda was asked for but no CUDA GPU is visible to torch; use --device cpu")
     return torch.device(name)

@@ -1,18 +1,12 @@
 """Training plots: the loss curve from metrics.jsonl."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_savefig
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from discodiff.atomic import atomic_savefig
+from discodiff.train.metrics import read_metrics
 
 
 def save_loss_curve(metrics_path: Path, out: Path) -> None:
@@ -25,7 +19,7 @@ def save_loss_curve(metrics_path: Path, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
     for ax, stage, title in ((axes[0], 1, "stage 1: denoiser + encoder (EDM loss)"),
                              (axes[1], 2, "stage 2: prior (cross-entropy, nats)")):
-        pts = [(r["step"], r["loss"]) for r in rows if r.get("stage") == stage]
+        pts = [(r["step"], r["loss"]) for r in rows if r.get("stage") == stage and "loss" in r]
         if pts:
             s, l = np.array(pts).T
             ax.plot(s, l, lw=1)

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import Dataset
-from ..networks import DisCoDiff
-from ..runtime.draws import draw
-from ..runtime.images import save_grid, save_scatter
-from ..sampling import sample
+from discodiff.data import Dataset
+from discodiff.networks import DisCoDiff
+from discodiff.runtime.draws import draw
+from discodiff.runtime.images import save_grid, save_scatter
+from discodiff.sampling import model_meta, sample
 
 GRID_SEEDS = 64
 SCATTER_SEEDS = 2000
@@ -29,7 +29,7 @@ def save_progress_samples(model: DisCoDiff, ds: Dataset, out: Path, step: int, d
     real = torch.from_numpy(ds.x[idx]).to(device)
     model.eval()
     tokens = model.encoder(real).argmax(-1).int().cpu().numpy() if model.encoder is not None else None
-    d = draw(np.arange(len(idx)), ds.data_shape, model.cfg.m, model.cfg.num_classes)
+    d = draw(np.arange(len(idx)), model_meta(model.cfg))
     if ds.labels is not None:
         d.labels = ds.labels[idx].astype(np.int32)
     s = sample(model, draws=d, tokens=tokens, steps=18, device=device)
@@ -50,7 +50,7 @@ def save_final_samples(model: DisCoDiff, ds: Dataset, out: Path, device: torch.d
         if cfg.num_classes:  # one row per class, cycling through classes for 8 rows
             rows = max(8 // cfg.num_classes, 1) * cfg.num_classes
             seeds = np.arange(rows * per_row)
-            d = draw(seeds, cfg.data_shape, cfg.m, cfg.num_classes)
+            d = draw(seeds, model_meta(cfg))
             d.labels = np.repeat(np.arange(rows) % cfg.num_classes, per_row).astype(np.int32)
             s = sample(model, draws=d, device=device)
         else:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import UserError
-from .base import Backend
+from discodiff.errors import UserError
+from discodiff.runtime.backends.base import Backend
+from discodiff.runtime.contract import GraphSpec
 
 REBUILD = "rebuild the engines on this machine with discodiff-export --trt"
 CAPTURE_THREAD_LOCAL = 1   # cudaStreamCaptureModeThreadLocal
@@ -38,7 +39,7 @@ def available() -> tuple[bool, str]:
 class _Graph:
     """One engine: its context, device buffers at max batch, and captured CUDA graphs by batch."""
 
-    def __init__(self, runtime, path: Path, spec: dict, cuda):
+    def __init__(self, runtime, path: Path, spec: GraphSpec, cuda):
         from polygraphy.datatype import DataType
 
         self.spec, self.cuda = spec, cuda
@@ -46,49 +47,53 @@ class _Graph:
         if engine is None:
             raise UserError(f"TensorRT cannot load {path.name}; {REBUILD}")
         self.engine, self.context = engine, engine.create_execution_context()
-        bmax = spec["batch"]["max"]
         self.buffers = {}
-        for t in spec["inputs"] + spec["outputs"]:
-            shape = tuple(bmax if d == "B" else d for d in t["shape"])
-            dtype = DataType.from_dtype(np.dtype(t["dtype"]))
-            self.buffers[t["name"]] = cuda.DeviceArray(shape=shape, dtype=dtype)
-            self.context.set_tensor_address(t["name"], self.buffers[t["name"]].ptr)
+        for t in spec.inputs + spec.outputs:   # allocated once, at the engine's max batch
+            dtype = DataType.from_dtype(np.dtype(t.dtype))
+            self.buffers[t.name] = cuda.DeviceArray(shape=t.concrete(spec.batch.max), dtype=dtype)
+            self.context.set_tensor_address(t.name, self.buffers[t.name].ptr)
         self.graphs: dict[int, ctypes.c_void_p] = {}
         self.batch = None
 
     def set_batch(self, feeds: dict[str, np.ndarray]) -> int:
         batch = None
-        for t in self.spec["inputs"]:
-            a = feeds[t["name"]]
-            self.context.set_input_shape(t["name"], a.shape)
-            if "B" in t["shape"]:
-                batch = a.shape[t["shape"].index("B")]
+        for t in self.spec.inputs:
+            a = feeds[t.name]
+            self.context.set_input_shape(t.name, a.shape)
+            if t.batched:
+                batch = a.shape[t.shape.index("B")]
         return batch
 
 
 class TrtBackend(Backend):
     name = "trt"
 
-    def __init__(self, specs: dict[str, dict], paths: dict[str, Path], stamp: dict,
+    def __init__(self, specs: dict[str, GraphSpec], paths: dict[str, Path], stamp: dict,
                  cuda_graph: tuple[str, ...] = ("denoiser", "denoiser_fp16")):
-        super().__init__(specs)
         ok, why = available()
         if not ok:
             raise UserError(f"the TensorRT backend needs TensorRT and an NVIDIA GPU ({why}); use --backend ort")
         import tensorrt as trt
         from polygraphy import cuda
 
-        self.trt, self.cuda, self.rt = trt, cuda, cuda.wrapper().handle
         here = {"tensorrt": trt.__version__, **gpu_stamp()}
         for key, what in (("tensorrt", "TensorRT"), ("gpu", "GPU"), ("compute_capability", "compute capability")):
             if stamp.get(key) != here[key]:
                 raise UserError(f"the bundle's engines were built for {what} {stamp.get(key)}, this machine has "
                                 f"{here[key]}; {REBUILD}")
-        self.logger = trt.Logger(trt.Logger.ERROR)
-        self.runtime = trt.Runtime(self.logger)
-        self.stream = cuda.Stream()
-        self.graphs = {name: _Graph(self.runtime, paths[name], specs[name], cuda) for name in paths}
+        super().__init__(specs)
+        self.trt, self.cuda, self.rt = trt, cuda, cuda.wrapper().handle
+        self.graphs: dict[str, _Graph] = {}
         self.capture = set(cuda_graph)
+        try:
+            self.logger = trt.Logger(trt.Logger.ERROR)
+            self.runtime = trt.Runtime(self.logger)
+            self.stream = cuda.Stream()
+            for name in paths:
+                self.graphs[name] = _Graph(self.runtime, paths[name], specs[name], cuda)
+        except BaseException:
+            self.close()
+            raise
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         g = self.graphs[graph]
@@ -100,11 +105,11 @@ class TrtBackend(Backend):
         elif not g.context.execute_async_v3(self.stream.ptr):
             raise RuntimeError(f"TensorRT failed to run {graph}")
         out = {}
-        for t in g.spec["outputs"]:
-            shape = tuple(g.context.get_tensor_shape(t["name"]))
-            host = np.empty(shape, np.dtype(t["dtype"]))
-            g.buffers[t["name"]].view(shape=shape).copy_to(host, self.stream)
-            out[t["name"]] = host
+        for t in g.spec.outputs:
+            shape = tuple(g.context.get_tensor_shape(t.name))
+            host = np.empty(shape, np.dtype(t.dtype))
+            g.buffers[t.name].view(shape=shape).copy_to(host, self.stream)
+            out[t.name] = host
         self.stream.synchronize()
         return out
 
@@ -124,13 +129,14 @@ class TrtBackend(Backend):
             g.graphs[batch] = exe
         _check(rt.cudaGraphLaunch(g.graphs[batch], s), "cudaGraphLaunch")
 
-    def close(self) -> None:
+    def _close(self) -> None:
         for g in self.graphs.values():
             for exe in g.graphs.values():
                 self.rt.cudaGraphExecDestroy(exe)
             for b in g.buffers.values():
                 b.free()
-        self.stream.free()
+        if getattr(self, "stream", None) is not None:
+            self.stream.free()
 
 
 def _h2d(buf, host: np.ndarray, stream) -> None:

@@ -1,33 +1,23 @@
-"""The torch-free runtime over ONNX Runtime against the PyTorch reference sampler, and `discodiff-run`'s
-outputs: files, batch-size and shard invariance, --class, --prior."""
+"""`discodiff-run`'s outputs: files, batch-size and shard invariance, --class, --prior, --precision."""
 from __future__ import annotations
 
 import json
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import cv2
 import numpy as np
 import pytest
 
-from export_fixtures import *  # noqa: F401,F403
-from export_fixtures import call, get_bundle, get_model, run_cli
-
 from discodiff.runtime.bundle import open_bundle
 from discodiff.runtime.draws import draw
-from discodiff.sampling import sample as reference_sample
+from discodiff.runtime.sampling import sample_batch
+from discodiff.sampling import TorchModel
+from tests.helpers import call, read_manifest, run_cli
 
 STEPS = 6
 
 
-def opened(bundle, **kw):
-    return open_bundle(bundle, backend="ort", precision="fp32", **kw)
-
-
-def draws_for(man, seeds, class_label=None):
-    return draw(np.asarray(seeds), tuple(man["data_shape"]), man["m"], man["num_classes"], class_label)
+def draws_for(meta, seeds, class_label=None):
+    return draw(np.asarray(seeds), meta, class_label)
 
 
 def rgb_png(path) -> np.ndarray:
@@ -39,61 +29,6 @@ def rgb_png(path) -> np.ndarray:
 def expected_u8(x: np.ndarray) -> np.ndarray:
     """float [3, H, W] in [-1, 1] -> uint8 [H, W, 3]."""
     return np.clip(np.round((x.transpose(1, 2, 0) + 1) * 127.5), 0, 255).astype(np.uint8)
-
-
-# ------------------------------------------------------------------------------------------------ parity
-
-
-CASES = [
-    ("heun", {}),
-    ("euler", {}),
-    ("dpm2m", {}),
-    ("heun", {"guidance": 2.0}),
-    ("dpm2m", {"guidance": 2.0}),
-    ("heun", {"churn": 10.0}),
-    ("euler", {"churn": 10.0}),
-    ("heun", {"temperature": 0.5, "top_k": 2}),
-]
-
-
-@pytest.mark.parametrize("name", ["toy8", "shapes"])
-@pytest.mark.parametrize("solver, opts", CASES, ids=[f"{s}-{'-'.join(f'{k}{v}' for k, v in o.items()) or 'plain'}"
-                                                      for s, o in CASES])
-def test_ort_pipeline_equals_torch_reference(name, solver, opts, tmp_path_factory):
-    bundle, model = get_bundle(name, tmp_path_factory), get_model(name, tmp_path_factory)
-    o = opened(bundle)
-    seeds = np.arange(40, 45)
-    d = draws_for(o.manifest, seeds)
-    x, tok = o.pipeline.sample(d, steps=STEPS, solver=solver, **opts)
-    ref = reference_sample(model, draws=d, steps=STEPS, solver=solver, **opts)
-    assert x.shape == ref.x.shape == (len(seeds), *o.manifest["data_shape"]) and x.dtype == np.float32
-    np.testing.assert_array_equal(tok, ref.tokens)
-    assert tok.shape == (len(seeds), o.manifest["m"]) and tok.dtype == np.int32
-    assert np.isfinite(x).all()
-    assert float(np.max(np.abs(x - ref.x))) <= 1e-4, float(np.max(np.abs(x - ref.x)))
-    np.testing.assert_array_equal(ref.seeds, seeds)
-
-
-@pytest.mark.parametrize("name", ["toy8", "shapes"])
-def test_options_change_the_samples(name, tmp_path_factory):
-    """Control for the parity test: solver, guidance and churn really reach the runtime."""
-    o = opened(get_bundle(name, tmp_path_factory))
-    d = draws_for(o.manifest, np.arange(3))
-    base, tok = o.pipeline.sample(d, steps=STEPS)
-    for kw in ({"solver": "euler"}, {"guidance": 2.0}, {"churn": 10.0}):
-        x, _ = o.pipeline.sample(d, steps=STEPS, tokens=tok, **kw)
-        assert np.max(np.abs(x - base)) > 1e-4, kw
-
-
-def test_prior_recompute_tokens_equal_cache_and_torch(shapes_bundle, shapes_net):
-    d = draws_for(opened(shapes_bundle).manifest, np.arange(8))
-    cache = opened(shapes_bundle, prior="cache").pipeline.tokens(d, use_cache=True)
-    recompute = opened(shapes_bundle, prior="recompute").pipeline.tokens(d, use_cache=False)
-    ref = reference_sample(shapes_net, draws=d, steps=1).tokens
-    np.testing.assert_array_equal(cache, recompute)
-    np.testing.assert_array_equal(cache, ref)
-    ref_nocache = reference_sample(shapes_net, draws=d, steps=1, use_cache=False).tokens
-    np.testing.assert_array_equal(ref_nocache, ref)
 
 
 # ------------------------------------------------------------------------------------------------ CLI outputs
@@ -121,8 +56,8 @@ def test_run_outputs_vectors(toy8_bundle, tmp_path, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"{s:06d}.npy" for s in seeds] + ["scatter.png", "samples.npz", "timing.json"])
     no_temp_dirs(out)
-    o = opened(toy8_bundle)
-    x, tok = o.pipeline.sample(draws_for(o.manifest, seeds), steps=STEPS)
+    with open_bundle(toy8_bundle, backend="ort") as o:
+        x, tok = sample_batch(o.model, draws_for(o.model.meta, seeds), steps=STEPS)
     got = npz(out / "samples.npz")
     assert sorted(got) == ["labels", "seeds", "tokens", "x"]
     np.testing.assert_allclose(got["x"], x, rtol=0, atol=1e-6)
@@ -148,9 +83,9 @@ def test_run_outputs_images(shapes_bundle, tmp_path, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"{s:06d}.png" for s in range(4)] + ["grid.png", "samples.npz", "timing.json"])
     no_temp_dirs(out)
-    o = opened(shapes_bundle)
-    d = draws_for(o.manifest, np.arange(4))
-    x, tok = o.pipeline.sample(d, steps=STEPS, solver="dpm2m")
+    with open_bundle(shapes_bundle, backend="ort") as o:
+        d = draws_for(o.model.meta, np.arange(4))
+        x, tok = sample_batch(o.model, d, steps=STEPS, solver="dpm2m")
     got = npz(out / "samples.npz")
     np.testing.assert_allclose(got["x"], x, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(got["tokens"], tok)
@@ -224,9 +159,9 @@ def test_shards_union_equals_unsharded_run_vectors(toy8_bundle, tmp_path, capsys
     assert seeds == [[3, 4, 5], [6, 7], [8, 9]]
 
 
-def test_class_by_index_and_by_name(shapes_bundle, shapes_net, tmp_path, capsys):
-    man = opened(shapes_bundle).manifest
-    name = man["class_names"][1]
+def test_class_by_index_and_by_name(shapes_bundle, shapes_model, tmp_path, capsys):
+    names = read_manifest(shapes_bundle)["class_names"]
+    name = names[1]
     a, b = tmp_path / "idx", tmp_path / "name"
     cli_run(capsys, shapes_bundle, a, "--n", 4, "--batch", 4, "--steps", STEPS, "--class", "1")
     cli_run(capsys, shapes_bundle, b, "--n", 4, "--batch", 4, "--steps", STEPS, "--class", name)
@@ -234,11 +169,12 @@ def test_class_by_index_and_by_name(shapes_bundle, shapes_net, tmp_path, capsys)
     np.testing.assert_array_equal(ga["labels"], np.ones(4))
     for key in ("x", "tokens", "labels"):
         np.testing.assert_array_equal(ga[key], gb[key])
-    ref = reference_sample(shapes_net, np.arange(4), steps=STEPS, class_label=1)
-    np.testing.assert_array_equal(ga["tokens"], ref.tokens)
-    assert np.max(np.abs(ga["x"] - ref.x)) <= 1e-4
+    tm = TorchModel(shapes_model)
+    ref_x, ref_tok = sample_batch(tm, draws_for(tm.meta, np.arange(4), class_label=1), steps=STEPS)
+    np.testing.assert_array_equal(ga["tokens"], ref_tok)
+    assert np.max(np.abs(ga["x"] - ref_x)) <= 1e-4
     c = tmp_path / "other"
-    cli_run(capsys, shapes_bundle, c, "--n", 4, "--batch", 4, "--steps", STEPS, "--class", man["class_names"][2])
+    cli_run(capsys, shapes_bundle, c, "--n", 4, "--batch", 4, "--steps", STEPS, "--class", names[2])
     np.testing.assert_array_equal(npz(c / "samples.npz")["labels"], np.full(4, 2))
 
 

@@ -6,7 +6,7 @@ rank, then save THIS rank's final weights to <ranks_dir>/rank<r>.safetensors.
 and wraps `loop.ema_update` to remember the EMA modules it updates. Both are the real classes and
 functions, only observed.
 
-    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT RANKS_DIR STEPS PRIOR_STEPS
+    torchrun --nproc_per_node 2 tests/discodiff/ddp_worker.py OUT RANKS_DIR STEPS PRIOR_STEPS
 """
 from __future__ import annotations
 

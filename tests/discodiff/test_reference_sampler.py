@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from discodiff.runtime import draws as draws_mod
-from discodiff.sampling import prior_step_fn, sample
+from discodiff.sampling import TorchModel, model_meta, sample
 
 # Batched float32 kernels may round differently for different batch sizes (measured: <= 5e-7 on the
 # U-Net, 1e-8 on the MLP, for values of order 1).
@@ -62,19 +62,20 @@ def test_churn_is_used(model):
 
 
 def test_kv_cache_prior_equals_recompute(model):
-    a = sample(model, np.arange(40), steps=2, batch=16, use_cache=True)
-    b = sample(model, np.arange(40), steps=2, batch=16, use_cache=False)
+    a = sample(model, np.arange(40), steps=2, batch=16, recompute_prior=False)
+    b = sample(model, np.arange(40), steps=2, batch=16, recompute_prior=True)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_array_equal(a.x, b.x)
     assert len(np.unique(a.tokens)) > 1  # the check is not vacuous
 
 
-@torch.no_grad()  # prior_step_fn is meant to run inside sample()'s no_grad (it calls .numpy())
+@torch.no_grad()
 def test_kv_cache_logits_equal_recompute_logits(model):
     prior, cfg = model.prior, model.cfg
-    d = draws_mod.draw(np.arange(12), cfg.data_shape, cfg.m, cfg.num_classes)
-    cached = prior_step_fn(prior, 12, "cpu", use_cache=True)
-    full = prior_step_fn(prior, 12, "cpu", use_cache=False)
+    d = draws_mod.draw(np.arange(12), model_meta(cfg))
+    tm = TorchModel(model)
+    cached = tm.prior_step(12)
+    full = tm.prior_step(12, recompute=True)
     rng = np.random.default_rng(0)
     prev = d.labels
     seq = [torch.from_numpy(prev.astype(np.int64))]

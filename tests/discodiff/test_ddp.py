@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import VENV_BIN, free_port
+from tests.helpers import VENV_BIN, free_port
 from discodiff import checkpoint as ckpt
 from discodiff import presets
 from discodiff.networks import DisCoDiff
 from discodiff.sampling import sample
-from discodiff.train.plots import read_metrics
+from discodiff.train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 

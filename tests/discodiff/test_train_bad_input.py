@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import VENV_BIN, train, tree_digest
+from tests.helpers import VENV_BIN, train_cli as train, tree_digest
 from discodiff.data import encode_png
 
 

@@ -10,7 +10,7 @@ import pytest
 from discodiff.cli_util import run
 from discodiff.export import cli as export_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

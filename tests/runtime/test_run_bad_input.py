@@ -2,22 +2,16 @@
 (no new files, no temporary directories)."""
 from __future__ import annotations
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-
 import pytest
 
-from export_fixtures import *  # noqa: F401,F403
-from export_fixtures import call, copy_bundle, error_lines, flip_byte, get_bundle, read_manifest, run_cli, \
-    tree_state, write_manifest
+from tests.helpers import call, copy_tree as copy_bundle, error_lines, flip_byte, read_manifest, run_cli, tree_state, \
+    write_manifest
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
+def bundles(tiny, tmp_path_factory):
     """name -> bundle: the real toy8 / shapes bundles and damaged copies of toy8."""
-    toy8, shapes = get_bundle("toy8", tmp_path_factory), get_bundle("shapes", tmp_path_factory)
+    toy8, shapes = tiny.bundle("toy8"), tiny.bundle("shapes")
     base = tmp_path_factory.mktemp("bad-bundles")
     tampered = copy_bundle(toy8, base / "tampered")
     flip_byte(tampered / "denoiser.onnx")
@@ -70,6 +64,16 @@ CASES = {
     "churn_with_bundle_default_dpm2m": ("dpm2m", [*OK, "--churn", "1"], "--churn"),
     "trt_without_engines": ("toy8", [*OK, "--backend", "trt"], "TensorRT"),
     "unknown_option": ("toy8", [*OK, "--frobnicate"], "--frobnicate"),
+    # numbers that are not what they look like
+    "class_superscript_two": ("shapes", [*OK, "--class", "\u00b2"], "--class"),
+    "n_arabic_digit": ("toy8", ["--n", "\u0663", "--batch", "2"], "--n"),
+    "seed_int64_max": ("toy8", [*OK, "--seed", "9223372036854775807"], "--seed"),
+    "seed_plus_n_overflow": ("toy8", [*OK, "--seed", str(2**62 - 1)], "--seed"),
+    "guidance_nan": ("toy8", [*OK, "--guidance", "nan"], "--guidance"),
+    "guidance_inf": ("toy8", [*OK, "--guidance", "inf"], "--guidance"),
+    "temperature_nan": ("toy8", [*OK, "--temperature", "nan"], "--temperature"),
+    "churn_nan": ("toy8", [*OK, "--churn", "nan"], "--churn"),
+    "threads_huge": ("toy8", [*OK, "--threads", "100000"], "--threads"),
 }
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from discodiff import edm
+from discodiff import edm, losses
 from discodiff.config import DenoiserConfig, ModelConfig
 from discodiff.networks import Denoiser
 from discodiff.runtime.schedule import sigma_steps
@@ -66,18 +66,18 @@ def test_precond_limits_and_float32():
 @pytest.mark.parametrize("sd", [0.5, 2.0])
 def test_loss_weight_is_one_over_c_out_squared(sd):
     _, c_out, _, _ = edm.precond_coefficients(SIGMAS64, sd)
-    torch.testing.assert_close(edm.loss_weight(SIGMAS64, sd), 1 / c_out**2, rtol=1e-12, atol=0)
+    torch.testing.assert_close(losses.loss_weight(SIGMAS64, sd), 1 / c_out**2, rtol=1e-12, atol=0)
 
 
 def test_sample_sigma_is_log_normal_and_seeded():
     g = torch.Generator().manual_seed(0)
-    s = edm.sample_sigma(200_000, -1.2, 1.2, g)
+    s = losses.sample_sigma(200_000, -1.2, 1.2, g)
     assert s.shape == (200_000,) and (s > 0).all()
     ln = s.log()
     assert ln.mean().item() == pytest.approx(-1.2, abs=0.01)
     assert ln.std().item() == pytest.approx(1.2, abs=0.01)
-    a = edm.sample_sigma(5, 0.0, 1.0, torch.Generator().manual_seed(3))
-    b = edm.sample_sigma(5, 0.0, 1.0, torch.Generator().manual_seed(3))
+    a = losses.sample_sigma(5, 0.0, 1.0, torch.Generator().manual_seed(3))
+    b = losses.sample_sigma(5, 0.0, 1.0, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
 
 
@@ -102,7 +102,7 @@ def test_fresh_denoiser_is_c_skip_times_x_and_has_unit_expected_loss():
         y = torch.randn(n, 16, generator=g) * sd
         noise = torch.randn(n, 16, generator=g)
         with torch.no_grad():
-            loss = edm.edm_loss(den, y, sigma, noise, sd)
+            loss = losses.edm_loss(den, y, sigma, noise, sd)
         assert loss.shape == (n,)
         assert loss.mean().item() == pytest.approx(1.0, abs=0.03), s
 

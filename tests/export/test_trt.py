@@ -5,23 +5,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import numpy as np
 import pytest
-
-from export_fixtures import *  # noqa: F401,F403
-from export_fixtures import GRAPHS, MAX_BATCH, OPT_BATCH, call, copy_bundle, error_lines, export_cli, flip_byte, \
-    get_run, read_manifest, run_cli, sha256, torch_threads
 
 from discodiff.errors import UserError
 from discodiff.runtime.backends import trt as trt_backend
 from discodiff.runtime.bundle import choose_backend, open_bundle
 from discodiff.runtime.draws import draw
 from discodiff.runtime.manifest import load_manifest
+from discodiff.runtime.sampling import prior_tokens, sample_batch
+from tests.helpers import GRAPHS, MAX_BATCH, OPT_BATCH, call, copy_tree as copy_bundle, error_lines, export_cli, \
+    flip_byte, hidden_leftovers, read_manifest, run_cli, sha256, torch_threads
 
 TRT_OK, TRT_WHY = trt_backend.available()
 pytestmark = [pytest.mark.trt, pytest.mark.gpu,
@@ -36,9 +31,9 @@ def rel_l2(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def trt_bundle(tmp_path_factory):
+def trt_bundle(tiny, tmp_path_factory):
     """shapes-tiny exported with --trt: (bundle dir, exit code, stdout, stderr)."""
-    ckpt = get_run("shapes", tmp_path_factory) / "model.safetensors"
+    ckpt = tiny.run("shapes") / "model.safetensors"
     out = tmp_path_factory.mktemp("trt") / "bundle"
     so, se = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(so), contextlib.redirect_stderr(se), torch_threads(1):
@@ -48,25 +43,9 @@ def trt_bundle(tmp_path_factory):
     return out, rc, so.getvalue(), se.getvalue()
 
 
-def random_feeds(spec: dict, batch: int, rng: np.random.Generator, man: dict) -> dict[str, np.ndarray]:
-    feeds = {}
-    for t in spec["inputs"]:
-        shape = tuple(batch if d == "B" else d for d in t["shape"])
-        if t["name"] == "sigma":
-            feeds["sigma"] = np.exp(rng.uniform(np.log(0.002), np.log(80.0), size=shape)).astype(np.float32)
-        elif t["name"] == "pos":
-            feeds["pos"] = np.array([rng.integers(0, man["m"])], np.int32)
-        elif t["name"] in ("tokens", "token") and spec["name"].startswith("prior"):
-            feeds[t["name"]] = rng.integers(0, man["k"], size=shape).astype(np.int32)
-        elif t["name"] == "tokens":
-            feeds["tokens"] = rng.integers(0, man["k"] + 1, size=shape).astype(np.int32)
-        elif t["name"] == "class_labels":
-            feeds["class_labels"] = rng.integers(0, man["num_classes"], size=shape).astype(np.int32)
-        elif t["dtype"] == "float32":
-            feeds[t["name"]] = (rng.standard_normal(shape) * (0.1 if "cache" in t["name"] else 1.0)).astype(np.float32)
-        else:
-            raise AssertionError(f"unexpected input {t}")
-    return feeds
+def random_feeds(man, graph: str, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The contract's random feeds (integer inputs over their declared values)."""
+    return man.graph(graph).sample_feeds(rng, batch, man.meta.sigma_data)
 
 
 def test_export_with_trt_adds_checked_engines(trt_bundle):
@@ -74,22 +53,23 @@ def test_export_with_trt_adds_checked_engines(trt_bundle):
 
     out, rc, stdout, _ = trt_bundle
     man = load_manifest(out)       # verifies graphs and engines against their hashes
-    assert sorted(man["engines"]) == sorted(GRAPHS)
-    for name, e in man["engines"].items():
+    assert sorted(man.engines) == sorted(GRAPHS)
+    for name, e in man.engines.items():
         f = out / e["file"]
         assert f.is_file() and f.suffix == ".engine" and f.stat().st_size > 0
         assert e["sha256"] == sha256(f)
         assert e["source_graph"] == name
-        assert e["precision"] == man["graphs"][name]["precision"]
+        assert e["precision"] == man.graphs[name].precision
         check = e["check_vs_onnxruntime"]
-        assert check["batch"] == man["graphs"][name]["batch"]["opt"]
+        assert check["batch"] == man.graphs[name].batch.opt
         assert max(check["rel_l2"].values()) <= ENGINE_TOL[e["precision"]]
-    assert man["tensorrt"]["tensorrt"] == tensorrt.__version__
-    assert {k: man["tensorrt"][k] for k in ("gpu", "compute_capability")} == trt_backend.gpu_stamp()
-    cache = man["timing_cache"]
+    stamp = man.raw["tensorrt"]
+    assert stamp["tensorrt"] == tensorrt.__version__
+    assert {k: stamp[k] for k in ("gpu", "compute_capability")} == trt_backend.gpu_stamp()
+    cache = man.raw["timing_cache"]
     assert cache and (out / cache["file"]).is_file() and sha256(out / cache["file"]) == cache["sha256"]
     assert "TensorRT" in stdout and "engines" in stdout
-    assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert hidden_leftovers(out.parent) == []
 
 
 def test_trt_backend_matches_onnxruntime_per_graph(trt_bundle):
@@ -97,15 +77,14 @@ def test_trt_backend_matches_onnxruntime_per_graph(trt_bundle):
 
     out = trt_bundle[0]
     man = load_manifest(out)
-    specs = man["graphs"]
-    trt_be = trt_backend.TrtBackend(specs, {g: out / man["engines"][g]["file"] for g in GRAPHS}, man["tensorrt"])
-    ort_be = OrtBackend(specs, {g: out / specs[g]["file"] for g in GRAPHS})
+    specs = man.graphs
     rng = np.random.default_rng(0)
-    try:
+    with trt_backend.TrtBackend(specs, {g: out / man.engines[g]["file"] for g in GRAPHS}, man.raw["tensorrt"]) as trt_be, \
+            OrtBackend(specs, {g: out / specs[g].file for g in GRAPHS}) as ort_be:
         for g in GRAPHS:
-            b = specs[g]["batch"]
-            for batch in sorted({b["min"], 3, b["opt"], b["max"]}):
-                feeds = random_feeds(specs[g], batch, rng, man)
+            b = specs[g].batch
+            for batch in sorted({b.min, 3, b.opt, b.max}):
+                feeds = random_feeds(man, g, batch, rng)
                 got, ref = trt_be.run(g, feeds), ort_be.run(g, feeds)
                 assert sorted(got) == sorted(ref)
                 for k, r in ref.items():
@@ -113,63 +92,48 @@ def test_trt_backend_matches_onnxruntime_per_graph(trt_bundle):
                     if r.dtype == np.int32:           # encoder arg-max: near-ties may flip
                         assert np.mean(got[k] == r) >= 0.9, (g, k, batch)
                     else:
-                        assert rel_l2(got[k], r) <= ENGINE_TOL[specs[g]["precision"]], (g, k, batch)
-    finally:
-        trt_be.close()
+                        assert rel_l2(got[k], r) <= ENGINE_TOL[specs[g].precision], (g, k, batch)
 
 
 def test_trt_pipeline_matches_onnxruntime_samples(trt_bundle):
     out = trt_bundle[0]
-    ort_o = open_bundle(out, backend="ort", precision="fp32")
-    man = ort_o.manifest
-    d = draw(np.arange(6), tuple(man["data_shape"]), man["m"], man["num_classes"])
-    x_ref, tok_ref = ort_o.pipeline.sample(d, steps=8)
+    with open_bundle(out, backend="ort", precision="fp32") as ort_o:
+        d = draw(np.arange(6), ort_o.model.meta)
+        x_ref, tok_ref = sample_batch(ort_o.model, d, steps=8)
     for precision, tol in (("fp32", 2e-2), ("fp16", 5e-2)):
-        o = open_bundle(out, backend="trt", precision=precision)
-        try:
+        with open_bundle(out, backend="trt", precision=precision) as o:
             assert o.backend.name == "trt"
-            x, tok = o.pipeline.sample(d, steps=8, tokens=tok_ref)   # same tokens: compare the ODE alone
+            x, tok = sample_batch(o.model, d, steps=8, tokens=tok_ref)   # same tokens: compare the ODE alone
             assert np.isfinite(x).all()
             assert rel_l2(x, x_ref) <= tol, (precision, rel_l2(x, x_ref))
-            tok_trt = o.pipeline.tokens(d)
+            tok_trt = prior_tokens(o.model, d)
             assert np.mean(tok_trt == tok_ref) >= 0.75
-        finally:
-            o.backend.close()
 
 
 def test_cuda_graph_replay_is_deterministic_per_batch_size(trt_bundle):
     out = trt_bundle[0]
-    o = open_bundle(out, backend="trt", precision="fp16")
-    man = o.manifest
-    try:
+    with open_bundle(out, backend="trt", precision="fp16") as o:
+        meta = o.model.meta
         for n in (1, 3, MAX_BATCH):
-            d = draw(np.arange(n), tuple(man["data_shape"]), man["m"], man["num_classes"])
-            a = o.pipeline.sample(d, steps=4)
-            b = o.pipeline.sample(d, steps=4)
+            d = draw(np.arange(n), meta)
+            a = sample_batch(o.model, d, steps=4)
+            b = sample_batch(o.model, d, steps=4)
             np.testing.assert_array_equal(a[0], b[0])
             np.testing.assert_array_equal(a[1], b[1])
         assert {1, 3, MAX_BATCH} <= set(o.backend.graphs["denoiser_fp16"].graphs)   # one captured graph per batch
         # a batch run after another size reuses the right graph: results are those of a fresh backend
-        d = draw(np.arange(3), tuple(man["data_shape"]), man["m"], man["num_classes"])
-        again = o.pipeline.sample(d, steps=4)
-    finally:
-        o.backend.close()
-    fresh = open_bundle(out, backend="trt", precision="fp16")
-    try:
-        np.testing.assert_array_equal(fresh.pipeline.sample(d, steps=4)[0], again[0])
-    finally:
-        fresh.backend.close()
+        d = draw(np.arange(3), meta)
+        again = sample_batch(o.model, d, steps=4)
+    with open_bundle(out, backend="trt", precision="fp16") as fresh:
+        np.testing.assert_array_equal(sample_batch(fresh.model, d, steps=4)[0], again[0])
 
 
 def test_auto_backend_uses_trt_with_fp16(trt_bundle):
     out = trt_bundle[0]
     man = load_manifest(out)
     assert choose_backend(man, "auto") == "trt"
-    o = open_bundle(out)
-    try:
+    with open_bundle(out) as o:
         assert o.backend.name == "trt" and o.denoiser == "denoiser_fp16"
-    finally:
-        o.backend.close()
 
 
 def test_discodiff_run_with_trt(trt_bundle, tmp_path, capsys):
@@ -187,23 +151,18 @@ def test_discodiff_run_with_trt(trt_bundle, tmp_path, capsys):
 def test_engine_built_for_another_gpu_is_refused(trt_bundle):
     out = trt_bundle[0]
     man = load_manifest(out)
-    stamp = dict(man["tensorrt"], gpu="Some Other GPU")
+    stamp = dict(man.raw["tensorrt"], gpu="Some Other GPU")
     with pytest.raises(UserError, match="rebuild"):
-        trt_backend.TrtBackend({"denoiser": man["graphs"]["denoiser"]},
-                               {"denoiser": out / man["engines"]["denoiser"]["file"]}, stamp)
+        trt_backend.TrtBackend({"denoiser": man.graphs["denoiser"]},
+                               {"denoiser": out / man.engines["denoiser"]["file"]}, stamp)
 
 
 def test_batch_outside_the_profile_is_refused(trt_bundle):
     out = trt_bundle[0]
-    o = open_bundle(out, backend="trt", precision="fp32")
-    try:
-        man = o.manifest
-        big = 2 * MAX_BATCH + 1
-        feeds = random_feeds(man["graphs"]["denoiser"], big, np.random.default_rng(0), man)
+    with open_bundle(out, backend="trt", precision="fp32") as o:
+        feeds = random_feeds(o.manifest, "denoiser", 2 * MAX_BATCH + 1, np.random.default_rng(0))
         with pytest.raises(UserError, match="outside the exported range"):
             o.backend.run("denoiser", feeds)
-    finally:
-        o.backend.close()
 
 
 def test_tampered_engine_is_detected(trt_bundle, tmp_path, capsys):

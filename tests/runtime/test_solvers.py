@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from discodiff.runtime import solvers
-from discodiff.runtime.schedule import SIGMA_MAX, SIGMA_MIN, sigma_steps
+from discodiff.runtime.contract import SIGMA_MAX, SIGMA_MIN
+from discodiff.runtime.schedule import sigma_steps
 
 
 def gaussian_denoiser(s: float):

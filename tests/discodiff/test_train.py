@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
@@ -11,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import train, tree_digest
+from tests.helpers import copy_tree, train_cli as train, tree_digest
 from discodiff import checkpoint as ckpt
 from discodiff.rundir import RUN_FILES
-from discodiff.train.plots import read_metrics
+from discodiff.train.metrics import read_metrics
 
 
 def steps_of(run: Path, stage: int) -> list[int]:
@@ -192,13 +191,8 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
     assert opts["model"]["data_shape"] == [2]
 
 
-def _copy_run(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
 def test_existing_run_is_refused_without_resume_or_overwrite(toy8_run, tmp_path, capfd):
-    out = _copy_run(toy8_run, tmp_path / "run")
+    out = copy_tree(toy8_run, tmp_path / "run")
     before = tree_digest(out)
     capfd.readouterr()
     assert train("--preset", "toy8-tiny", "--out", out, "--quiet") == 2
@@ -210,7 +204,7 @@ def test_existing_run_is_refused_without_resume_or_overwrite(toy8_run, tmp_path,
 
 
 def test_overwrite_replaces_the_run(toy8_run, tmp_path):
-    out = _copy_run(toy8_run, tmp_path / "run")
+    out = copy_tree(toy8_run, tmp_path / "run")
     old = load_file(str(out / "model.safetensors"))
     assert train("--preset", "toy8-tiny", "--out", out, "--quiet", "--overwrite", "--steps", "3",
                  "--prior-steps", "2") == 0
@@ -219,52 +213,3 @@ def test_overwrite_replaces_the_run(toy8_run, tmp_path):
     assert json.loads((out / "training_options.json").read_text())["train"]["steps"] == 3
     new = load_file(str(out / "model.safetensors"))
     assert any(not torch.equal(old[k], new[k]) for k in old)
-
-
-# ---------------------------------------------------------------------------------------------
-# Never delete what the user had
-
-
-def _users_folder(path: Path) -> Path:
-    """A folder of the user's that happens to hold names a run writes (samples/, samples.png, loss.png)."""
-    (path / "samples").mkdir(parents=True)
-    (path / "samples" / "holiday.png").write_bytes(b"the user's picture")
-    (path / "samples.png").write_bytes(b"the user's own samples.png")
-    (path / "loss.png").write_bytes(b"the user's own loss.png")
-    (path / "notes.txt").write_text("keep me")
-    return path
-
-
-@pytest.mark.parametrize("flags", [[], ["--overwrite"], ["--resume"]])
-def test_a_folder_that_holds_no_run_is_never_touched(tmp_path, capfd, flags):
-    out = _users_folder(tmp_path / "photos")
-    before = tree_digest(out)
-    capfd.readouterr()
-    assert train("--preset", "toy8-tiny", "--out", out, "--quiet", *flags) == 2
-    err = capfd.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "error" in err[0], err
-    assert tree_digest(out) == before
-
-
-def test_overwrite_removes_only_what_the_run_wrote(toy8_run, tmp_path):
-    out = _copy_run(toy8_run, tmp_path / "run")
-    (out / "my_notes.txt").write_text("keep me")
-    (out / "samples").mkdir(exist_ok=True)
-    (out / "samples" / "mine.png").write_bytes(b"not a progress grid")
-    assert train("--preset", "toy8-tiny", "--out", out, "--quiet", "--overwrite", "--steps", "2",
-                 "--prior-steps", "1") == 0
-    assert (out / "my_notes.txt").read_text() == "keep me"
-    assert (out / "samples" / "mine.png").read_bytes() == b"not a progress grid"
-    assert (out / "model.safetensors").is_file()
-
-
-def test_a_run_that_failed_before_its_first_save_does_not_block_the_next(tmp_path):
-    from discodiff import rundir
-
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / rundir.OPTIONS_FILE).write_text(json.dumps({**rundir.marker(), "name": "toy8-tiny"}))
-    (out / rundir.METRICS_FILE).write_text('{"stage": 1, "step": 5, "loss": 1.0}\n')
-    assert rundir.classify(out) == rundir.STALE
-    assert train("--preset", "toy8-tiny", "--out", out, "--quiet", "--steps", "2", "--prior-steps", "1") == 0
-    assert rundir.classify(out) == rundir.RUN

@@ -3,21 +3,15 @@ from `load_manifest` / `open_bundle` and from `discodiff-run` (exit 2, one stder
 from __future__ import annotations
 
 import json
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import numpy as np
 import pytest
 
-from export_fixtures import *  # noqa: F401,F403
-from export_fixtures import GRAPHS, call, copy_bundle, error_lines, flip_byte, read_manifest, run_cli, sha256, \
-    write_manifest
-
 from discodiff.errors import UserError
 from discodiff.runtime.bundle import open_bundle
-from discodiff.runtime.manifest import load_manifest
+from discodiff.runtime.manifest import SCHEMA, load_manifest
+from tests.helpers import GRAPHS, call, copy_tree as copy_bundle, error_lines, flip_byte, read_manifest, run_cli, \
+    sha256, write_manifest
 
 
 def run_args(bundle, out):
@@ -44,10 +38,13 @@ def bundle(toy8_bundle, tmp_path):
 def test_round_trip(toy8_bundle, shapes_bundle):
     for b in (toy8_bundle, shapes_bundle):
         man = load_manifest(b)
-        assert man == json.loads((b / "manifest.json").read_text())
-        assert sorted(man["graphs"]) == sorted(GRAPHS)
-        for entry in man["graphs"].values():
-            assert entry["sha256"] == sha256(b / entry["file"])
+        raw = json.loads((b / "manifest.json").read_text())
+        assert man.raw == raw and {n: g.to_dict() for n, g in man.graphs.items()} == raw["graphs"]
+        assert sorted(man.graphs) == sorted(GRAPHS)
+        for spec in man.graphs.values():
+            assert spec.sha256 == sha256(b / spec.file)
+        assert man.files() == {"manifest.json", *(g.file for g in man.graphs.values())}
+        assert man.sampling_batch_max == raw["graphs"]["denoiser"]["batch"]["max"] // 2
 
 
 def test_untouched_copy_runs(bundle, tmp_path, capsys):
@@ -93,7 +90,7 @@ def test_engine_named_in_manifest_is_verified_too(bundle, tmp_path, capsys):
 
 def test_verify_false_skips_hashes(bundle):
     flip_byte(bundle / "encoder.onnx")
-    assert load_manifest(bundle, verify=False)["m"] == 1
+    assert load_manifest(bundle, verify=False).meta.m == 1
 
 
 @pytest.mark.parametrize("graph", ["denoiser", "prior_step"])
@@ -104,7 +101,7 @@ def test_missing_graph_file(bundle, tmp_path, capsys, graph):
     expect_run_error(capsys, bundle, tmp_path / "out", "missing", f"{graph}.onnx")
 
 
-@pytest.mark.parametrize("schema", [0, 2, "1", None])
+@pytest.mark.parametrize("schema", [0, SCHEMA - 1, SCHEMA + 1, str(SCHEMA), None])
 def test_wrong_schema(bundle, tmp_path, capsys, schema):
     man = read_manifest(bundle)
     man["schema"] = schema
@@ -198,10 +195,56 @@ def test_graph_file_damaged_but_rehashed_gives_one_line(bundle, tmp_path, capsys
 
 
 def test_open_bundle_loads_only_what_sampling_needs(toy8_bundle, shapes_bundle):
-    o = open_bundle(toy8_bundle, backend="ort", precision="fp32")
-    assert sorted(o.backend.specs) == ["denoiser", "prior_step"] and o.denoiser == "denoiser"
-    o = open_bundle(shapes_bundle, backend="ort", precision="fp16", prior="recompute")
-    assert sorted(o.backend.specs) == ["denoiser_fp16", "prior_recompute"] and o.denoiser == "denoiser_fp16"
-    assert o.backend.name == "ort"
-    with pytest.raises(UserError, match="batch 9 is outside"):
-        o.backend.run("prior_recompute", {"tokens": np.zeros((9, 2), np.int32)})
+    with open_bundle(toy8_bundle, backend="ort", precision="fp32") as o:
+        assert sorted(o.backend.specs) == ["denoiser", "prior_step"] and o.denoiser == "denoiser"
+    assert o.backend.closed
+    with open_bundle(shapes_bundle, backend="ort", precision="fp16", prior="recompute") as o:
+        assert sorted(o.backend.specs) == ["denoiser_fp16", "prior_recompute"] and o.denoiser == "denoiser_fp16"
+        assert o.backend.name == "ort"
+        with pytest.raises(UserError, match="batch 9 is outside"):
+            o.backend.run("prior_recompute", {"tokens": np.zeros((9, 2), np.int32)})
+
+
+# ---------------------------------------------------------------------------------------------
+# A manifest edited and re-hashed: checked as a schema, and against the graph files
+
+
+def _swap_graphs(m):
+    a, b = m["graphs"]["denoiser"], m["graphs"]["prior_step"]
+    a["file"], b["file"], a["sha256"], b["sha256"] = b["file"], a["file"], b["sha256"], a["sha256"]
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m["graphs"]["denoiser"]["batch"].pop("max"), "batch"),
+    (lambda m: m.update(m="1"), "m: must be an integer"),
+    (lambda m: m.update(num_classes=2), "class_labels"),
+    (lambda m: m["sampling"].update(solver="rk4"), "rk4"),
+    (lambda m: m["sampling"].update(steps=0), "sampling.steps"),
+    (lambda m: m["edm"].update(sigma_min="0.002"), "sigma_min"),
+    (lambda m: m["graphs"]["denoiser"]["inputs"][0].update(dtype="float64"), "dtype"),
+    (lambda m: m["graphs"]["denoiser"].update(file="../denoiser.onnx"), "plain file name"),
+    (lambda m: m.update(class_names=["a", "b"]), "class_names"),
+    (lambda m: m["sampling"].update(fitted={"8": {"solver": "euler", "nfe": 8, "sigmas": [80.0, 1.0, 2.0, 0.0]}}),
+     "decrease"),
+], ids=["batch_max_missing", "m_as_string", "num_classes_changed", "solver_rk4", "steps_0", "sigma_as_string",
+        "dtype_float64", "file_outside_bundle", "class_names", "fitted_not_decreasing"])
+def test_edited_manifest_gives_one_line(bundle, tmp_path, capsys, edit, words):
+    man = read_manifest(bundle)
+    edit(man)
+    write_manifest(bundle, man)
+    with pytest.raises(UserError) as exc:
+        load_manifest(bundle)
+    assert words in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+    expect_run_error(capsys, bundle, tmp_path / "out", words)
+
+
+def test_two_graphs_swapped_with_their_hashes_is_refused(bundle, tmp_path, capsys):
+    """The manifest is consistent with itself and the hashes match, but the files hold other graphs: the
+    backend compares each file's own inputs with its contract."""
+    man = read_manifest(bundle)
+    _swap_graphs(man)
+    write_manifest(bundle, man)
+    load_manifest(bundle)   # hashes and schema hold
+    with pytest.raises(UserError, match="does not hold the denoiser graph"):
+        open_bundle(bundle, backend="ort")
+    expect_run_error(capsys, bundle, tmp_path / "out", "does not hold the denoiser graph")
