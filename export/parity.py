@@ -14,7 +14,7 @@ import torch
 
 from discodiff.errors import UserError
 from discodiff.networks import DisCoDiff
-from discodiff.runtime.contract import SIGMA_MAX, SIGMA_MIN
+from discodiff.runtime.contract import SIGMA_MAX, SIGMA_MIN, null_label
 from discodiff.runtime.draws import draw
 from discodiff.runtime.model import BundleModel
 from discodiff.runtime.sampling import sample_batch
@@ -76,7 +76,7 @@ def check_prior(model: DisCoDiff, backend, rng: np.random.Generator, batch: int 
     """Feed the same random sequences to the torch prior (recompute and KV step), the ORT recompute graph
     and the ORT KV-cache step graph; compare the logits at every position."""
     cfg = model.cfg
-    seq = np.concatenate([rng.integers(0, cfg.num_classes + 1, size=(batch, 1)),
+    seq = np.concatenate([rng.integers(0, null_label(cfg.num_classes) + 1, size=(batch, 1)),
                           rng.integers(0, cfg.k, size=(batch, cfg.m - 1))], axis=1).astype(np.int32)
     ref = model.prior(torch.from_numpy(seq)).numpy()                                   # [B, m, k]
     recompute = backend.run("prior_recompute", {"tokens": seq})["logits"]

@@ -27,6 +27,16 @@ BATCH = "B"
 DTYPES = ("float32", "float16", "int32")
 
 
+def null_code(k: int) -> int:
+    """Each latent's codebook has k codes and one more, index k, for "latent dropped"."""
+    return k
+
+
+def null_label(num_classes: int) -> int:
+    """The prior reads labels 0..num_classes-1 and, at index num_classes, "no class"."""
+    return num_classes
+
+
 class ContractError(ValueError):
     """A contract that does not hold together (raised while reading; callers turn it into one line)."""
 
@@ -67,12 +77,12 @@ class ModelMeta:
     @property
     def null_code(self) -> int:
         """The code that means "latent dropped" (the denoiser's unconditional input, for guidance)."""
-        return self.k
+        return null_code(self.k)
 
     @property
     def null_label(self) -> int:
         """The prior's position-0 id for "no class" (every sample of an unconditional model)."""
-        return self.num_classes
+        return null_label(self.num_classes)
 
     @property
     def is_image(self) -> bool:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from discodiff.config import ModelConfig
+from discodiff.runtime.contract import null_code
 from discodiff.networks.layers import LayerNorm32, TransformerBlock
 
 
@@ -71,6 +72,6 @@ def gumbel_weights(logits: torch.Tensor, tau: float, hard: bool, dropout: float,
     w = F.pad(y, (0, 1))                                                  # [B, m, k+1]
     if dropout > 0:
         drop = torch.rand(b, generator=generator, device=logits.device) < dropout
-        null = F.one_hot(torch.full((m,), k, device=logits.device), k + 1).to(w.dtype)  # [m, k+1]
+        null = F.one_hot(torch.full((m,), null_code(k), device=logits.device), k + 1).to(w.dtype)  # [m, k+1]
         w = torch.where(drop[:, None, None], null, w)
     return w

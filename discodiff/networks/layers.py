@@ -122,7 +122,7 @@ class LatentEmbedding(nn.Module):
     def __init__(self, m: int, k: int, dim: int):
         super().__init__()
         self.m, self.k = m, k
-        self.table = nn.Parameter(torch.randn(m, k + 1, dim) * 0.5)  # [m, k+1, dim]; row k = null
+        self.table = nn.Parameter(torch.randn(m, k + 1, dim) * 0.5)  # [m, k+1, dim]; row null_code(k) = k
 
     def forward(self, tokens: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
         if weights is not None:

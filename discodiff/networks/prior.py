@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from discodiff.config import ModelConfig
+from discodiff.runtime.contract import null_label
 from discodiff.networks.layers import GELU, LayerNorm32, attention
 
 
@@ -64,22 +65,19 @@ class Prior(nn.Module):
         self.m, self.k, self.num_classes = cfg.m, cfg.k, cfg.num_classes
         self.max_len = cfg.m
         self.layers, self.heads, self.head_dim = p.depth, p.heads, p.width // p.heads
-        self.tok_emb = nn.Embedding(cfg.num_classes + 1 + cfg.k, p.width)
+        self.label_ids = null_label(cfg.num_classes) + 1                # labels 0..C-1 and the null label C
+        self.tok_emb = nn.Embedding(self.label_ids + cfg.k, p.width)    # then the k codes
         self.pos_emb = nn.Parameter(torch.randn(self.max_len, p.width) * 0.02)
         self.blocks = nn.ModuleList(PriorBlock(p.width, p.heads) for _ in range(p.depth))
         self.norm = LayerNorm32(p.width)
         self.head = nn.Linear(p.width, cfg.k)
-
-    @property
-    def null_label(self) -> int:
-        return self.num_classes
 
     def cache_shape(self, batch: int) -> tuple[int, ...]:
         return (self.layers, batch, self.heads, self.max_len, self.head_dim)
 
     def input_ids(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, T] (label, z_1, ...) -> ids into the shared table."""
-        offset = torch.full((tokens.shape[1],), self.num_classes + 1, dtype=tokens.dtype, device=tokens.device)
+        offset = torch.full((tokens.shape[1],), self.label_ids, dtype=tokens.dtype, device=tokens.device)
         offset[0] = 0
         return tokens + offset
 
@@ -98,7 +96,7 @@ class Prior(nn.Module):
         -> logits [B, k], updated caches."""
         pos = pos.reshape(1)
         slots = torch.arange(self.max_len, device=token.device, dtype=pos.dtype)   # [max_len]
-        ids = token + (pos > 0).to(token.dtype) * (self.num_classes + 1)           # [B]
+        ids = token + (pos > 0).to(token.dtype) * self.label_ids                   # [B]
         x = self.tok_emb(ids) + self.pos_emb.index_select(0, pos)                   # [B, W]
         write = (slots == pos)[:, None]                                             # [max_len, 1] bool
         visible = (slots <= pos)[None, None, None, :]                              # [1, 1, 1, max_len]

@@ -29,6 +29,7 @@ from discodiff.data import Dataset
 from discodiff.errors import UserError
 from discodiff.losses import gumbel_tau, prior_loss, sample_sigma, stage1_loss
 from discodiff.networks import DisCoDiff
+from discodiff.runtime.contract import null_label
 from discodiff.train.dist import Dist
 from discodiff.train.metrics import MetricsLog
 from discodiff.train.plots import save_loss_curve
@@ -179,7 +180,7 @@ def run_stage2(st: TrainState, runner: StageRunner, ds: Dataset, cfg: ModelConfi
     x_all = torch.from_numpy(ds.x).to(dev)
     tokens = encode_tokens(st.ema.encoder, x_all)                                   # [N, m]
     labels = (torch.from_numpy(ds.labels).to(dev) if ds.labels is not None
-              else torch.full((len(ds),), cfg.num_classes, device=dev))               # null label: num_classes
+              else torch.full((len(ds),), null_label(cfg.num_classes), device=dev))
     ddp = DDP(st.model.prior) if dist.enabled else st.model.prior
 
     def step_fn(step: int) -> dict:

@@ -115,4 +115,4 @@ def test_class_labels_come_from_the_seed(shapes_model):
 
 def test_unconditional_labels_are_the_null_label(toy8_model):
     s = sample(toy8_model, np.arange(5), steps=2)
-    assert (s.labels == toy8_model.prior.null_label).all()
+    assert (s.labels == model_meta(toy8_model.cfg).null_label).all()
