@@ -35,6 +35,11 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e   # name the file the user asked for, not the temp
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -53,8 +58,13 @@ def temp_dir(parent: Path, prefix: str) -> Path:
     """A fresh hidden directory `<prefix><pid>-<random>` in `parent` (made first, so an unwritable
     location fails here, before any work)."""
     parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+    except OSError as e:
+        if e.errno is None or e.filename:
+            raise
+        raise OSError(e.errno, e.strerror, str(parent)) from e
 
 
 def _alive(pid: int) -> bool:

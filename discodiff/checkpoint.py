@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,21 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"cannot read tensors from {path} ({e}); the file is damaged, retrain or re-copy it")
 
 
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """save_file through a temp file; safetensors reports I/O failures (a full disk) as its own error
+    type from Rust, which is turned back into the OSError it is."""
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as e:
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), tmp) from None
+
+    atomic_write(path, write)
+
+
 # ---------------------------------------------------------------------------------------------
 # Model checkpoint
 
@@ -139,7 +156,7 @@ def save_model(path: Path, model: torch.nn.Module, cfg: ModelConfig, extra: dict
     """Write the model's tensors and {schema, model config, **extra} as safetensors metadata, atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     info = {"schema": SCHEMA_VERSION, "model": to_dict(cfg), **(extra or {})}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: json.dumps(info)}))
+    _save_tensors(path, tensors, {META_KEY: json.dumps(info)})
 
 
 def load_model(path: Path, device: str | torch.device = "cpu"):
@@ -167,7 +184,7 @@ def save_state(path: Path, state: dict) -> None:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten(state, "s", tensors)
     meta = {META_KEY + "_state": json.dumps({"schema": SCHEMA_VERSION, "state": skeleton})}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    _save_tensors(path, tensors, meta)
 
 
 def load_state(path: Path) -> dict:

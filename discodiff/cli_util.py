@@ -56,10 +56,11 @@ _OS_HINTS = {
 
 
 def os_error_line(e: OSError) -> str:
-    where = e.filename if e.filename is not None else "a file"
+    """`path: what the system said (ERRNO); what to do`."""
+    where = e.filename if e.filename is not None else "a file or folder"
     hint = _OS_HINTS.get(e.errno, "choose another location")
     name = errno.errorcode.get(e.errno, "") if e.errno else ""
-    return f"cannot write or read {where} ({e.strerror or e}{', ' + name if name else ''}); {hint}"
+    return f"{where}: {e.strerror or e}{' (' + name + ')' if name else ''}; {hint}"
 
 
 def run(command: click.Command, args: list[str] | None = None, prog: str | None = None) -> int:

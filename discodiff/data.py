@@ -20,6 +20,7 @@ from discodiff.config import DataSpec
 from discodiff.errors import UserError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+MAX_CLASSES = 100_000    # labels are bounded before anything is allocated from them
 
 
 @dataclass
@@ -104,6 +105,11 @@ def _decode(data: bytes, where: str) -> np.ndarray:
         log.setLogLevel(level)
     if img is None:
         raise UserError(f"cannot decode image {where}: the file is corrupt or not an image; remove or replace it")
+    if not np.issubdtype(img.dtype, np.integer):
+        raise UserError(f"image {where} has {img.dtype} pixels (a floating-point TIFF or EXR?); save it as an 8- or "
+                        "16-bit PNG or JPEG")
+    if img.ndim == 3 and img.shape[2] not in (3, 4):
+        raise UserError(f"image {where} has {img.shape[2]} channels; save it as grey, RGB or RGBA")
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     elif img.shape[2] == 4:
@@ -165,13 +171,7 @@ def load_zip(path: Path, resolution: int) -> Dataset:
         names = sorted(n for n in zf.namelist() if n.lower().endswith(IMAGE_EXTS))
         if not names:
             raise UserError(f"{path} contains no images; an EDM-style zip holds PNGs and dataset.json")
-        label_map = None
-        if "dataset.json" in zf.namelist():
-            try:
-                meta = json.loads(zf.read("dataset.json"))
-                label_map = {n: int(lab) for n, lab in (meta.get("labels") or [])} if meta.get("labels") else None
-            except (ValueError, TypeError, AttributeError) as e:
-                raise UserError(f"{path}: dataset.json is malformed ({e}); it must be {{\"labels\": [[name, label], ...]}}")
+        label_map = _zip_labels(zf, path, set(names)) if "dataset.json" in zf.namelist() else None
         images = []
         for n in names:
             try:
@@ -186,10 +186,34 @@ def load_zip(path: Path, resolution: int) -> Dataset:
         if missing:
             raise UserError(f"{path}: dataset.json has no label for {missing[0]}; label every image or drop the labels")
         labels = np.array([label_map[n] for n in names], np.int64)
-        if labels.min() < 0:
-            raise UserError(f"{path}: dataset.json has a negative label; labels must be 0..C-1")
         num_classes = int(labels.max()) + 1
     return Dataset(x=_to_float_chw(x), labels=labels, num_classes=num_classes, name=path.stem)
+
+
+def _zip_labels(zf: zipfile.ZipFile, path: Path, images: set[str]) -> dict[str, int] | None:
+    """dataset.json's {"labels": [[name, label], ...]} as {name: label}, every label an integer in
+    0..MAX_CLASSES-1 naming an image of the zip (checked before anything is allocated from them)."""
+    form = 'it must be {"labels": [[name, label], ...]} with integer labels 0..C-1'
+    try:
+        meta = json.loads(zf.read("dataset.json"))
+        pairs = meta.get("labels") if isinstance(meta, dict) else None
+        if not pairs:
+            return None
+        label_map = {}
+        for name, lab in pairs:
+            if not isinstance(name, str) or not isinstance(lab, int) or isinstance(lab, bool):
+                raise ValueError(f"entry [{name!r}, {lab!r}] is not [file name, integer label]")
+            label_map[name] = lab
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: dataset.json is malformed ({' '.join(str(e).split())[:200]}); {form}")
+    bad = next((n for n, lab in label_map.items() if not 0 <= lab < MAX_CLASSES), None)
+    if bad is not None:
+        raise UserError(f"{path}: dataset.json gives {bad} the label {label_map[bad]}, outside 0..{MAX_CLASSES - 1}; {form}")
+    stray = sorted(set(label_map) - images)
+    if stray:
+        raise UserError(f"{path}: dataset.json labels {stray[0]}, which is not an image in the zip; fix dataset.json "
+                        "or add the file")
+    return label_map
 
 
 def load(spec: DataSpec) -> Dataset:

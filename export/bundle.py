@@ -119,6 +119,11 @@ def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch
         atomic_write_text(tmp / MANIFEST, json.dumps(raw, indent=2) + "\n")
         _replace_dir(tmp, out)
         return manifest
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno and str(tmp) in str(e.filename or ""):   # name the bundle being written, not its temp folder
+            raise OSError(e.errno, e.strerror, str(out)) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -50,7 +50,14 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, example: 
             torch.onnx.export(module, (), str(path), kwargs=kwargs, input_names=[t.name for t in spec.inputs],
                               output_names=[t.name for t in spec.outputs], opset_version=OPSET, dynamo=True,
                               external_data=False, dynamic_shapes=dynamic, optimize=True)
+    except OSError as e:  # a full disk or an unwritable folder: the OS error, naming the bundle file
+        if not e.errno:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
     except Exception as e:  # noqa: BLE001 - exporter failures are many types; report one line
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, OSError) and cause.errno:
+            raise OSError(cause.errno, cause.strerror, str(path)) from e
         raise UserError(f"ONNX export of {spec.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
     model = onnx.load(str(path))
     _strip_metadata(model)

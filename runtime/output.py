@@ -10,6 +10,7 @@ Files of other runs in --out are kept; a file of the same name (same seed) is re
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -70,9 +71,11 @@ class RunWriter:
     def __enter__(self) -> "RunWriter":
         return self
 
-    def __exit__(self, exc_type, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            if isinstance(exc, OSError) and exc.errno is not None and not exc.filename:
+                raise OSError(exc.errno, exc.strerror, str(self.out)) from exc   # name the folder being written
 
     def add(self, seeds: np.ndarray, x: np.ndarray, tokens: np.ndarray, labels: np.ndarray) -> None:
         """One batch: per-sample files and the npz rows."""
@@ -121,5 +124,6 @@ class RunWriter:
 
     def abort(self) -> None:
         for part in self.parts.values():
-            part.close()
+            with contextlib.suppress(OSError):   # closing flushes; on a full disk that fails too
+                part.close()
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -7,6 +7,7 @@ convention: copy them (tests.helpers.copy_tree) before changing anything.
 """
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,24 @@ class TinyCache:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> TinyCache:
     return TinyCache(tmp_path_factory)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 3 MiB file system (tmpfs), for disk-full tests; skipped where mounting is not allowed."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {(proc.stderr or proc.stdout).strip()[:120]}")
+    try:
+        yield mnt
+    finally:
+        import gc
+
+        gc.collect()   # memory maps of checkpoints read from it (safetensors) hold the mount busy
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,13 @@ functions, imported as `from tests.helpers import ...`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import os
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -137,3 +140,45 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------- full disks
+
+
+def fill_to(fs: Path, free: int) -> None:
+    """Fill the file system at `fs` so that about `free` bytes stay available."""
+    st = os.statvfs(fs)
+    avail = st.f_bavail * st.f_frsize
+    (Path(fs) / "filler").write_bytes(b"\0" * max(avail - free, 0))
+
+
+def enospc(monkeypatch, match: str) -> list[str]:
+    """From now on os.fsync raises ENOSPC (as a full disk does for buffered writes) for the first file
+    whose path contains `match`; returns the list of paths it failed, to check the site was reached."""
+    hit: list[str] = []
+    real = os.fsync
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if not hit and match in os.path.basename(path):
+            hit.append(path)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return hit
+
+
+def raise_enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def unwritable(kind: str, tmp_path: Path, small_fs: Path | None = None) -> Path:
+    """An output path that cannot be written: under /proc, below a file, or on a read-only file system."""
+    if kind == "proc":
+        return Path("/proc/discodiff-test/out")
+    if kind == "file_as_folder":
+        (tmp_path / "a_file").write_text("x")
+        return tmp_path / "a_file" / "out"
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    return small_fs / "out"

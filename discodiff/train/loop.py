@@ -223,11 +223,12 @@ def train(out: Path, ds: Dataset, cfg: ModelConfig, tc: TrainConfig, dist: Dist,
             reclaim(out, f".{name.rsplit('.', 1)[0]}.")
     if resume:
         st.load(files[rundir.STATE_FILE], tc)
+    if dist.main:  # the run's marker first (on resume it records the new step counts), then the log
+        atomic_write_text(files[rundir.OPTIONS_FILE], json.dumps(options, indent=2) + "\n")
+    if resume:
         log.truncate(st.step1, st.step2)
     else:
         log.reset()
-    if dist.main:  # on resume this records the new step counts
-        atomic_write_text(files[rundir.OPTIONS_FILE], json.dumps(options, indent=2) + "\n")
 
     def save() -> None:
         if dist.main:

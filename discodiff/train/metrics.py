@@ -46,7 +46,12 @@ class MetricsLog:
 
     def append(self, row: dict) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:   # a torn line may be left: reading drops it
+                if e.errno is None:
+                    raise
+                raise OSError(e.errno, e.strerror, str(self.path)) from e

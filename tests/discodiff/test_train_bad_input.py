@@ -2,10 +2,13 @@
 files written (the --out directory is not created, or is left exactly as it was)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import zipfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -34,6 +37,20 @@ def cases(tmp_path) -> dict[str, list[str]]:
     np.save(tmp_path / "v1.npy", np.zeros(10, np.float32))
     np.save(tmp_path / "v3.npy", np.zeros((4, 2, 2), np.float32))
     np.save(tmp_path / "good.npy", np.random.default_rng(0).standard_normal((16, 2)).astype(np.float32))
+    tiff = tmp_path / "tiff"
+    _good_pngs(tiff)
+    ok, buf = cv2.imencode(".tiff", np.random.default_rng(0).random((8, 8, 3)).astype(np.float32))
+    (tiff / "zz_float.png").write_bytes(buf.tobytes())              # a float32 TIFF named .png
+    zips = {}
+    for name, labels in (("huge_label", [["img0.png", 0], ["img1.png", 2**40]]),
+                         ("label_for_missing_file", [["img0.png", 0], ["img1.png", 1], ["nope.png", 1]]),
+                         ("label_not_int", [["img0.png", "cat"], ["img1.png", 0]]),
+                         ("negative_label", [["img0.png", -1], ["img1.png", 0]])):
+        zips[name] = tmp_path / f"{name}.zip"
+        with zipfile.ZipFile(zips[name], "w") as zf:
+            for i in range(2):
+                zf.writestr(f"img{i}.png", encode_png(np.zeros((3, 8, 8))))
+            zf.writestr("dataset.json", json.dumps({"labels": labels}))
     return {
         "unknown preset": ["--preset", "nope"],
         "missing data": ["--data", str(tmp_path / "missing.npy")],
@@ -48,12 +65,22 @@ def cases(tmp_path) -> dict[str, list[str]]:
         "resume nothing": ["--resume"],
         "preset and data": ["--preset", "toy8-tiny", "--data", str(tmp_path / "good.npy")],
         "resolution with a preset": ["--preset", "toy8-tiny", "--resolution", "8"],
+        "float32 tiff as png": ["--data", str(tiff)],
+        **{f"zip {k.replace('_', ' ')}": ["--data", str(v), "--resolution", "8"] for k, v in zips.items()},
+        "lr inf": ["--preset", "toy8-tiny", "--lr", "inf"],
+        "lr nan": ["--preset", "toy8-tiny", "--lr", "nan"],
+        "gumbel-tau nan": ["--preset", "toy8-tiny", "--gumbel-tau", "nan"],
+        "latent-dropout nan": ["--preset", "toy8-tiny", "--latent-dropout", "nan"],
+        "steps superscript": ["--preset", "toy8-tiny", "--steps", "\u00b2"],
+        "seed int64 max": ["--preset", "toy8-tiny", "--seed", "9223372036854775807"],
     }
 
 
 CASE_NAMES = ["unknown preset", "missing data", "missing data folder", "empty folder",
               "garbage png among good ones", "npy 1-D", "npy 3-D", "steps 0", "steps -1", "prior-steps 0",
-              "resume nothing", "preset and data", "resolution with a preset"]
+              "resume nothing", "preset and data", "resolution with a preset", "float32 tiff as png",
+              "zip huge label", "zip label for missing file", "zip label not int", "zip negative label", "lr inf",
+              "lr nan", "gumbel-tau nan", "latent-dropout nan", "steps superscript", "seed int64 max"]
 
 
 def _check(rc: int, err: str):
