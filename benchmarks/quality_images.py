@@ -68,6 +68,13 @@ def train_classifier(res: int, n: int, steps: int, log) -> tuple[Classifier, flo
 
 
 @torch.no_grad()
+def features(clf: Classifier, x: np.ndarray) -> np.ndarray:
+    """The classifier's penultimate activations [n, 128]: the feature space of FD_cls."""
+    body = clf.net[:-1]
+    return torch.cat([body(torch.from_numpy(x[i:i + 512])) for i in range(0, len(x), 512)]).numpy()
+
+
+@torch.no_grad()
 def classify(clf: Classifier, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     p = torch.cat([clf(torch.from_numpy(x[i:i + 512])).softmax(1) for i in range(0, len(x), 512)]).numpy()
     return p.argmax(1), p.max(1)

@@ -5,11 +5,14 @@
 - `off_mode_share`, `mode_tv`: mass between the mixture's modes, and how evenly the modes are hit;
 - `purity`, `code_shares`: how cleanly each latent code maps to one mixture component;
 - `curvature`: unit-tangent change per unit path length along ODE trajectories (Xu et al. 2024, Fig. 3);
-- `nmi`: normalised mutual information between two discrete labelings.
+- `nmi`: normalised mutual information between two discrete labelings;
+- `frechet`: Frechet distance between Gaussians fitted to two feature sets (FID's formula, here on the
+  features of a classifier trained on the data set: FD_cls).
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import sqrtm
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
@@ -85,3 +88,13 @@ def histogram_tv(a: np.ndarray, b: np.ndarray, k: int) -> float:
     """Total variation between the label histograms of a and b over k classes."""
     ha, hb = np.bincount(a, minlength=k) / len(a), np.bincount(b, minlength=k) / len(b)
     return float(0.5 * np.abs(ha - hb).sum())
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of feature sets a [n, d], b [m, d]."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = sqrtm(s_a @ s_b)
+    root = root.real if np.iscomplexobj(root) else root
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(s_a + s_b - 2 * root))

@@ -96,13 +96,12 @@ def load_npy(path: Path) -> Dataset:
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
-    log = cv2.utils.logging
-    level = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_SILENT)  # a damaged file gets our one-line error, not OpenCV's warning too
+    level = cv2.getLogLevel()
+    cv2.setLogLevel(0)  # silent (OpenCV 4 and 5): a damaged file gets our one-line error, not OpenCV's warning too
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     finally:
-        log.setLogLevel(level)
+        cv2.setLogLevel(level)
     if img is None:
         raise UserError(f"cannot decode image {where}: the file is corrupt or not an image; remove or replace it")
     if not np.issubdtype(img.dtype, np.integer):

@@ -29,6 +29,7 @@ from discodiff.export.graphs import graph_specs
 from discodiff.export.lint import TRT_PARSER_VERSION, lint
 from discodiff.export.onnx_export import OPSET, export_graph, fp16_summary, mixed_fp16_copy
 from discodiff.runtime.backends.ort import OrtBackend
+from discodiff.runtime.fit_model import DEFAULT_FIT_SOLVER, fit_bundle, with_fits
 from discodiff.runtime.manifest import FORMAT, MANIFEST, SCHEMA, Manifest
 from discodiff.sampling import model_meta
 
@@ -67,8 +68,10 @@ def check_destination(out: Path) -> None:
 
 
 def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch: int = 32, solver: str = "heun",
-                  steps: int = 18, log=print) -> Manifest:
-    """Export, lint and check every graph; write the bundle at `out`. Returns its manifest."""
+                  steps: int = 18, fit_nfe: tuple[int, ...] = (), fit_solver: str = DEFAULT_FIT_SOLVER,
+                  log=print) -> Manifest:
+    """Export, lint and check every graph (and fit schedules for `fit_nfe` calls on the new graphs);
+    write the bundle at `out`. Returns its manifest."""
     check_destination(out)
     model, info = load_model(checkpoint)
     cfg, meta = model.cfg, model_meta(model.cfg)
@@ -115,6 +118,8 @@ def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch
             "trt_lint": {"parser": TRT_PARSER_VERSION, "ok": True},
             "engines": {},
         }
+        if fit_nfe:   # on the new graphs, in the temp bundle: the bundle appears with its fits or not at all
+            raw = with_fits(raw, fit_bundle(Manifest.from_dict(tmp, raw), fit_nfe, fit_solver, log=log))
         manifest = Manifest.from_dict(out, raw)   # the runtime's own schema check, before anything is kept
         atomic_write_text(tmp / MANIFEST, json.dumps(raw, indent=2) + "\n")
         _replace_dir(tmp, out)

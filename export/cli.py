@@ -14,6 +14,8 @@ import click
 from discodiff.cli_util import CONTEXT, IntRange, main_for, run
 from discodiff.errors import UserError
 from discodiff.presets import DEFAULT_PRESET
+from discodiff.runtime.fit_cli import CallCounts, check_counts
+from discodiff.runtime.fit_model import DEFAULT_FIT_SOLVER
 from discodiff.runtime.solvers import SOLVERS
 
 DEFAULT_CHECKPOINT = Path("runs") / DEFAULT_PRESET / "model.safetensors"
@@ -32,9 +34,13 @@ DEFAULT_CHECKPOINT = Path("runs") / DEFAULT_PRESET / "model.safetensors"
               help="Default solver recorded in the manifest.")
 @click.option("--steps", type=IntRange(1, 10_000), default=18, show_default=True,
               help="Default number of noise levels recorded in the manifest.")
+@click.option("--fit-nfe", type=CallCounts(), default=None,
+              help="Also fit schedules for these denoiser call counts (e.g. 5,6,8,10); see discodiff-fit.")
+@click.option("--fit-solver", type=click.Choice(SOLVERS), default=DEFAULT_FIT_SOLVER, show_default=True,
+              help="Solver the --fit-nfe schedules are fitted for.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs TensorRT and an NVIDIA GPU).")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
-def command(checkpoint, out, max_batch, opt_batch, solver, steps, trt, quiet):
+def command(checkpoint, out, max_batch, opt_batch, solver, steps, fit_nfe, fit_solver, trt, quiet):
     """Export a trained DisCo-Diff checkpoint to a bundle the torch-free runtime samples from.
 
     Writes denoiser.onnx (fp32), denoiser_fp16.onnx (mixed precision), encoder.onnx, prior_step.onnx
@@ -45,10 +51,13 @@ def command(checkpoint, out, max_batch, opt_batch, solver, steps, trt, quiet):
     if opt_batch > max_batch:
         raise UserError(f"--opt-batch {opt_batch} is larger than --max-batch {max_batch}; lower it")
     out = out or checkpoint.parent / "bundle"
+    if fit_nfe:
+        check_counts(fit_nfe, fit_solver)
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     from discodiff.export.bundle import add_engines, export_bundle
 
-    man = export_bundle(checkpoint, out, max_batch=max_batch, opt_batch=opt_batch, solver=solver, steps=steps, log=log)
+    man = export_bundle(checkpoint, out, max_batch=max_batch, opt_batch=opt_batch, solver=solver, steps=steps,
+                        fit_nfe=fit_nfe or (), fit_solver=fit_solver, log=log)
     click.echo(summary(man.raw, out))
     if trt:
         from discodiff.export.trt import TrtUnavailable
@@ -73,6 +82,9 @@ def summary(man: dict, out: Path) -> str:
     lines.append(f"  whole Heun sampler ({s['seeds']} seeds): fp32 {s['denoiser']['max_abs']:.1e} max abs, "
                  f"fp16 {s['denoiser_fp16']['rel_l2']:.1e} rel L2, tokens agree {s['denoiser']['token_agreement']:.0%}")
     lines.append("  TensorRT lint: ok (" + man["trt_lint"]["parser"] + ")")
+    for n, f in sorted(man["sampling"].get("fitted", {}).items(), key=lambda kv: int(kv[0])):
+        lines.append(f"  fitted schedule, {n} calls ({f['solver']}): held-out RMSE {f['heldout_rmse']:.4f} "
+                     f"against the teacher (EDM rho=7: {f['heldout_rmse_edm']:.4f})")
     return "\n".join(lines)
 
 

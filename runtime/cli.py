@@ -22,7 +22,8 @@ import numpy as np
 from discodiff.cli_util import CONTEXT, FloatRange, IntRange, main_for, run
 from discodiff.errors import UserError
 from discodiff.runtime.bundle import BACKENDS, DEVICES, PRECISIONS, PRIORS
-from discodiff.runtime.solvers import SOLVERS, nfe
+from discodiff.runtime.plan import PLAN_SCHEDULES, PlanError, plan
+from discodiff.runtime.solvers import SOLVERS
 
 DEFAULT_BUNDLE = Path("runs") / "shapes" / "bundle"
 MAX_SEED = 2**62           # seeds + n stay far inside int64
@@ -70,7 +71,13 @@ def parse_class(value: str | None, num_classes: int, names: list[str]) -> int | 
               help="Class index or name for every sample (default: drawn per sample from its seed).")
 @click.option("--shard", type=Shard(), default=None, help="Produce only shard i of N (i/N, 0-based).")
 # how: solver and guidance
-@click.option("--solver", type=click.Choice(SOLVERS), default=None, help="ODE solver (default: the bundle's).")
+@click.option("--nfe", type=IntRange(1, 10_000), default=None,
+              help="Denoiser calls per sample: uses the schedule fitted for that many calls where the bundle has "
+                   "one (discodiff-fit), else --schedule's levels for that many calls.")
+@click.option("--solver", type=click.Choice(SOLVERS), default=None,
+              help="ODE solver (default: the fitted schedule's, else the bundle's).")
+@click.option("--schedule", type=click.Choice(PLAN_SCHEDULES), default=None,
+              help="Noise levels: edm (rho=7), logsnr (uniform in log sigma) or fitted (needs --nfe).")
 @click.option("--steps", type=IntRange(1, 10_000), default=None,
               help="Noise levels N (default: the bundle's). Heun uses 2N-1 evaluations, the others N.")
 @click.option("--churn", type=FloatRange(min=0), default=0.0, show_default=True,
@@ -89,13 +96,14 @@ def parse_class(value: str | None, num_classes: int, names: list[str]) -> int | 
               help="Denoiser graph: fp32, fp16 (mixed) or auto (fp16 on TensorRT, fp32 otherwise).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True, help="ONNX Runtime device.")
 @click.option("--threads", type=IntRange(1, CORES), default=None, help=f"ONNX Runtime intra-op threads (1..{CORES}; default: all cores).")
-@click.option("--batch", type=IntRange(min=1), default=32, show_default=True, help="Samples per batch (memory / speed only).")
+@click.option("--batch", type=IntRange(min=1), default=None,
+              help="Samples per batch, memory / speed only (default: 32, or the bundle's maximum if smaller).")
 # output
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output directory (default: 'samples' beside the bundle).")
 @click.option("--quiet", is_flag=True, help="No progress bar; print only the summary line.")
-def command(bundle, n, seed, class_, shard, solver, steps, churn, guidance, temperature, top_k, prior, backend,
-            precision, device, threads, batch, out, quiet):
+def command(bundle, n, seed, class_, shard, nfe, solver, schedule, steps, churn, guidance, temperature, top_k, prior,
+            backend, precision, device, threads, batch, out, quiet):
     """Sample from a DisCo-Diff bundle without torch: prior tokens, then the probability-flow ODE.
 
     Writes to --out: {seed:06d}.png per sample (.npy for vectors), grid.png (scatter.png for vectors),
@@ -111,12 +119,15 @@ def command(bundle, n, seed, class_, shard, solver, steps, churn, guidance, temp
     from discodiff.runtime.manifest import Manifest
 
     man = Manifest.load(bundle)
-    solver = solver or man.sampling["solver"]
-    steps = steps or man.sampling["steps"]
-    if churn > 0 and solver not in ("heun", "euler"):
-        raise UserError(f"--churn works with the heun and euler solvers only (this run uses {solver}); drop --churn "
+    try:
+        p = plan(man.meta, man.sampling, solver=solver, schedule=schedule, steps=steps, nfe=nfe, bundle=str(bundle))
+    except PlanError as e:
+        raise UserError(f"{e} (--solver/--schedule/--steps/--nfe)") from None
+    if churn > 0 and p.solver not in ("heun", "euler"):
+        raise UserError(f"--churn works with the heun and euler solvers only (this run uses {p.solver}); drop --churn "
                         "or pass --solver heun")
     label = parse_class(class_, man.meta.num_classes, man.class_names)
+    batch = batch or min(32, man.sampling_batch_max)
     if batch > man.sampling_batch_max:
         raise UserError(f"--batch {batch} is above the bundle's maximum {man.sampling_batch_max}; lower it or "
                         "re-export with a larger --max-batch")
@@ -126,31 +137,31 @@ def command(bundle, n, seed, class_, shard, solver, steps, churn, guidance, temp
         return
     _sample(man, seeds, label, out, shard, quiet, open_bundle(bundle, backend, precision, device, threads, prior,
                                                                manifest=man),
-            dict(steps=steps, solver=solver, guidance=guidance, churn=churn, temperature=temperature, top_k=top_k,
-                 recompute_prior=prior == "recompute"), batch)
+            p, dict(guidance=guidance, churn=churn, temperature=temperature, top_k=top_k,
+                    recompute_prior=prior == "recompute"), batch)
 
 
-def _sample(man, seeds, label, out, shard, quiet, opened, options: dict, batch: int) -> None:
+def _sample(man, seeds, label, out, shard, quiet, opened, p, options: dict, batch: int) -> None:
     from tqdm import tqdm
 
     from discodiff.runtime.output import RunWriter
     from discodiff.runtime.sampling import iter_batches
 
-    steps, solver = options["steps"], options["solver"]
+    steps, solver = p.steps, p.solver
     timing: dict = {}
     with opened, RunWriter(out, len(seeds), man.meta.data_shape, man.meta.m, shard) as writer:
         be = opened.backend
         with tqdm(total=len(seeds) * steps, disable=quiet, unit="step", dynamic_ncols=True,
-                  desc=f"sampling {len(seeds)} ({be.name}, {solver} {steps} steps)") as bar:
+                  desc=f"sampling {len(seeds)} ({be.name}, {solver} on {p.schedule}, {p.nfe} calls)") as bar:
             t_start = time.perf_counter()
-            for d, x, tok in iter_batches(opened.model, seeds, batch, class_label=label, timing=timing,
-                                          callback=lambda i, x: bar.update(len(x)), **options):
+            for d, x, tok in iter_batches(opened.model, seeds, batch, class_label=label, timing=timing, solver=solver,
+                                          sigmas=p.sigmas, callback=lambda i, x: bar.update(len(x)), **options):
                 writer.add(d.seeds, x, tok, d.labels)
             total = time.perf_counter() - t_start
-        calls = len(be.times.get(opened.denoiser, []))
+        calls = be.calls(opened.denoiser)
         summary = {"samples": len(seeds), "seeds": [int(seeds[0]), int(seeds[-1])],
                    "shard": list(shard) if shard else None, "backend": be.name, "denoiser_graph": opened.denoiser,
-                   "solver": solver, "steps": steps, "nfe_per_sample": nfe(solver, steps), "denoiser_calls": calls,
+                   **p.describe(), "denoiser_calls": calls,
                    "guidance": options["guidance"], "churn": options["churn"],
                    "prior": "recompute" if options["recompute_prior"] else "cache", "batch": batch,
                    "prior_s": timing.get("prior_s", 0.0), "ode_s": timing.get("ode_s", 0.0), "total_s": total,

@@ -39,7 +39,7 @@ import numpy as np
 
 from discodiff.runtime.contract import SIGMA_MAX, SIGMA_MIN
 from discodiff.runtime.schedule import logsnr_steps, sigma_steps
-from discodiff.runtime.solvers import SOLVERS, heun, solve
+from discodiff.runtime.solvers import heun, solve, steps_for
 
 GRID = 128                      # candidate levels (and teacher Heun steps)
 MOVES = (8, 4, 2, 1)            # refinement step sizes, in grid levels
@@ -153,19 +153,6 @@ def _snap(levels: np.ndarray, sigmas: np.ndarray) -> list[int]:
     if idx[-1] >= m:
         raise ValueError("grid too coarse for this many steps")
     return idx + [m]
-
-
-def steps_for(solver: str, nfe: int) -> int:
-    """Solver steps (levels - 1) that use exactly `nfe` denoiser calls."""
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    if nfe < 1:
-        raise ValueError("nfe must be >= 1")
-    if solver == "heun":
-        if nfe % 2 == 0:
-            raise ValueError(f"heun makes 2 steps - 1 denoiser calls, so its nfe must be odd (got {nfe})")
-        return (nfe + 1) // 2
-    return nfe
 
 
 def fit(denoise: Callable, noise_cal: np.ndarray, *, nfe: int, solver: str, sigma_min: float = SIGMA_MIN,

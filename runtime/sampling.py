@@ -5,7 +5,8 @@ and the benchmarks all run these functions, and differ only in the model adapter
 Model protocol (after k-diffusion's single `model(x, sigma, **extra)` contract):
 
     meta: ModelMeta                  data shape, m, k, classes, EDM range
-    xp                               array namespace of the ODE state: numpy, or torch (reference)
+    xp                               array module of the ODE state (numpy, or torch for the reference):
+                                     the core uses only its `concatenate`
     asarray(a: np.ndarray)           numpy -> state array (on the model's device)
     numpy(x) -> np.ndarray           state array -> numpy
     denoise(x, sigma, tokens, labels) -> D(x; sigma, z, y)
@@ -41,7 +42,7 @@ def denoiser_fn(model, tokens: np.ndarray, labels: np.ndarray, guidance: float =
     tokens, labels = np.ascontiguousarray(tokens, np.int32), np.ascontiguousarray(labels, np.int32)
 
     def D(x, t: float):
-        xin = model.xp.concat([x, x]) if guided else x
+        xin = model.xp.concatenate([x, x]) if guided else x
         out = model.denoise(xin, np.full(len(tokens), t, np.float32), tokens, labels)
         if not guided:
             return out

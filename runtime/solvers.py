@@ -32,6 +32,19 @@ def nfe(solver: str, steps: int) -> int:
     return 2 * steps - 1 if solver == "heun" else steps
 
 
+def steps_for(solver: str, nfe: int) -> int:
+    """Solver steps (levels - 1) that use exactly `nfe` denoiser calls."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    if nfe < 1:
+        raise ValueError("nfe must be >= 1")
+    if solver == "heun":
+        if nfe % 2 == 0:
+            raise ValueError(f"heun makes 2 steps - 1 denoiser calls, so its nfe must be odd (got {nfe})")
+        return (nfe + 1) // 2
+    return nfe
+
+
 def churn_gamma(t: float, steps: int, churn: float, s_min: float = 0.0, s_max: float = math.inf) -> float:
     """EDM Alg. 2: how much noise to add back at level t (0 = deterministic)."""
     return min(churn / steps, math.sqrt(2) - 1) if churn > 0 and s_min <= t <= s_max else 0.0

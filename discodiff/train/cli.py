@@ -102,10 +102,12 @@ def _build(preset: str | None, data: str | None, resolution: int) -> tuple[dict,
               help="Save the training state every N steps (default 500; signals always save).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its saved state (--steps may grow).")
 @click.option("--overwrite", is_flag=True, help="Replace a finished or stopped run in --out (only its own files).")
+@click.option("--init-only", is_flag=True, help="Write the untrained model (initial weights) as model.safetensors "
+              "and stop: for exporting and benchmarking sizes this machine cannot train.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved options as JSON and stop.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(preset, data, resolution, m, k, gumbel_tau, straight_through, latent_dropout, steps, prior_steps, batch,
-            lr, lr_schedule, seed, device, out, sample_every, save_every, resume, overwrite, dry_run, quiet):
+            lr, lr_schedule, seed, device, out, sample_every, save_every, resume, overwrite, init_only, dry_run, quiet):
     """Train a DisCo-Diff model: stage 1 denoiser + encoder, stage 2 autoregressive prior.
 
     Writes to --out: model.safetensors (EMA weights + config), train_state.safetensors (for --resume),
@@ -116,6 +118,8 @@ def command(preset, data, resolution, m, k, gumbel_tau, straight_through, latent
         raise UserError("give either --preset or --data, not both")
     if resume and overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it; choose one")
+    if resume and init_only:
+        raise UserError("--init-only writes an untrained model; it cannot --resume a run")
     explicit = preset or (Path(data).stem if data else None)
     preset = preset or (None if data else presets.DEFAULT_PRESET)
     out = out or Path("runs") / (preset or Path(data).stem)
@@ -148,6 +152,15 @@ def command(preset, data, resolution, m, k, gumbel_tau, straight_through, latent
                "data": to_dict(opts["data"]), "model": to_dict(model), "train": to_dict(train), "command": sys.argv}
     if dry_run:
         click.echo(json.dumps(options, indent=2))
+        return
+    if init_only:
+        from discodiff.train.loop import write_initial
+
+        if kind in (rundir.RUN, rundir.STALE):
+            rundir.clear_run(out)
+        path = write_initial(out, ds, model, train, options)
+        if not quiet:
+            click.echo(f"wrote the untrained {opts['name']} model to {path}", err=True)
         return
 
     from discodiff.train import dist as dist_mod

@@ -88,7 +88,7 @@ class Stage1(nn.Module):
 
 
 def step_generator(seed: int, stage: int, rank: int, step: int, device: torch.device) -> torch.Generator:
-    s = int(np.random.SeedSequence([seed, stage, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+    s = int(np.random.SeedSequence([seed, stage, rank, step]).generate_state(1, np.uint64)[0]) >> 1
     torch.manual_seed(s)  # dropout and anything else that draws from the global generator
     return torch.Generator(device=device).manual_seed(s)
 
@@ -115,6 +115,24 @@ def _lr(step: int, total: int, base: float, warmup: int, schedule: str) -> float
     if schedule == "cosine" and step >= warmup:
         rate *= 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
     return rate
+
+
+def data_info(ds: Dataset) -> dict:
+    return {"name": ds.name, "data_shape": list(ds.data_shape), "num_classes": ds.num_classes,
+            "class_names": ds.class_names, "n": len(ds)}
+
+
+def write_initial(out: Path, ds: Dataset, cfg: ModelConfig, tc: TrainConfig, options: dict) -> Path:
+    """The untrained model (the weights training would start from) as model.safetensors, in the same
+    format as a trained one: for export, runtime and benchmarks of sizes this machine cannot train."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / rundir.OPTIONS_FILE, json.dumps(options, indent=2) + "\n")
+    torch.manual_seed(tc.seed)
+    model = DisCoDiff(cfg).eval()
+    info = {"data": data_info(ds), "train": {"steps": 0, "prior_steps": 0, "seed": tc.seed, "init_only": True}}
+    ckpt.save_model(out / rundir.MODEL_FILE, model, cfg, info)
+    return out / rundir.MODEL_FILE
 
 
 @torch.no_grad()
@@ -213,8 +231,10 @@ def train(out: Path, ds: Dataset, cfg: ModelConfig, tc: TrainConfig, dist: Dist,
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     model = DisCoDiff(cfg).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt1 = torch.optim.Adam(Stage1(model).parameters(), lr=tc.lr, betas=(0.9, 0.99), eps=1e-8)
-    opt2 = torch.optim.AdamW(model.prior.parameters(), lr=tc.prior_lr, weight_decay=0.01) if cfg.m else None
+    # Fused optimisers: one kernel over all parameters instead of a Python loop (16 % of a shapes step on CPU)
+    opt1 = torch.optim.Adam(Stage1(model).parameters(), lr=tc.lr, betas=(0.9, 0.99), eps=1e-8, fused=True)
+    opt2 = (torch.optim.AdamW(model.prior.parameters(), lr=tc.prior_lr, weight_decay=0.01, fused=True)
+            if cfg.m else None)
     st = TrainState(model, ema, opt1, opt2)
     log = MetricsLog(files[rundir.METRICS_FILE], enabled=dist.main)
     if dist.main:
@@ -245,8 +265,7 @@ def train(out: Path, ds: Dataset, cfg: ModelConfig, tc: TrainConfig, dist: Dist,
         save()
         runner.check_stop("training")
         if dist.main:
-            info = {"data": {"name": ds.name, "data_shape": list(ds.data_shape), "num_classes": ds.num_classes,
-                             "class_names": ds.class_names, "n": len(ds)},
+            info = {"data": data_info(ds),
                     "train": {"steps": st.step1, "prior_steps": st.step2, "seed": tc.seed, "world_size": dist.world}}
             ckpt.save_model(files[rundir.MODEL_FILE], ema.cpu(), cfg, info)
             save_loss_curve(files[rundir.METRICS_FILE], out / "loss.png")

@@ -14,6 +14,25 @@ from discodiff.errors import UserError
 from discodiff.runtime.contract import BATCH, GraphSpec
 
 
+class CallTimes:
+    """Calls, total time and the median of the first KEEP call times: memory does not grow with the
+    number of calls (a server or a long run makes millions)."""
+
+    KEEP = 4096
+
+    def __init__(self):
+        self.calls, self.total, self.kept = 0, 0.0, []
+
+    def add(self, seconds: float) -> None:
+        self.calls += 1
+        self.total += seconds
+        if len(self.kept) < self.KEEP:
+            self.kept.append(seconds)
+
+    def summary(self) -> dict:
+        return {"calls": self.calls, "total_s": self.total, "median_s": float(np.median(self.kept))}
+
+
 class Backend(ABC):
     """Runs the named graphs of a bundle on numpy arrays: `run(graph, feeds) -> outputs by name`, each
     call's inputs checked against the graph's `GraphSpec` (once per signature) and timed."""
@@ -22,7 +41,7 @@ class Backend(ABC):
 
     def __init__(self, specs: dict[str, GraphSpec]):
         self.specs = specs
-        self.times: dict[str, list[float]] = defaultdict(list)
+        self.times: dict[str, CallTimes] = defaultdict(CallTimes)
         self._valid: set = set()   # (graph, names, dtypes, shapes) already checked: the prior step repeats one
         self.closed = False
 
@@ -61,7 +80,7 @@ class Backend(ABC):
             self._valid.add(key)
         t0 = time.perf_counter()
         out = self._run(graph, feeds)
-        self.times[graph].append(time.perf_counter() - t0)
+        self.times[graph].add(time.perf_counter() - t0)
         return out
 
     @abstractmethod
@@ -93,5 +112,7 @@ class Backend(ABC):
 
     def summary(self) -> dict[str, dict]:
         """Per graph: calls and total / median seconds."""
-        return {g: {"calls": len(t), "total_s": float(np.sum(t)), "median_s": float(np.median(t))}
-                for g, t in self.times.items() if t}
+        return {g: t.summary() for g, t in self.times.items() if t.calls}
+
+    def calls(self, graph: str) -> int:
+        return self.times[graph].calls if graph in self.times else 0

@@ -61,3 +61,12 @@ def test_nmi_perfect_and_independent():
 
 def test_histogram_tv():
     assert qm.histogram_tv(np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3]), 4) == pytest.approx(0.5)
+
+
+def test_frechet_is_zero_for_the_same_set_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2000, 4))
+    assert abs(qm.frechet(a, a)) < 1e-8
+    assert qm.frechet(a, a + np.array([1.0, 0, 0, 0])) == pytest.approx(1.0, abs=1e-6)
+    b = rng.standard_normal((2000, 4)) * 2.0      # same mean, std 2: Tr(1 + 4 - 2*2) = 1 per dim
+    assert qm.frechet(a, b) == pytest.approx(4.0, rel=0.1)

@@ -113,3 +113,15 @@ def test_refuses_a_bundle_holding_files_it_did_not_write(reexport, toy8_run, tmp
     rc, _, err = call(capsys, export_cli, "--checkpoint", toy8_run / "model.safetensors", "--out", dest, "--quiet")
     assert rc == 2 and len(error_lines(err)) == 1 and "my_notes.txt" in err, err
     assert tree_state(dest) == before
+
+
+def test_export_with_fit_nfe_writes_the_fits_into_the_new_bundle(toy8_run, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    rc, stdout, err = call(capsys, export_cli, "--checkpoint", toy8_run / "model.safetensors", "--out", out,
+                           "--max-batch", 8, "--fit-nfe", "5", "--fit-solver", "euler", "--quiet")
+    assert rc == 0, err
+    man = load_manifest(out)
+    f = man.sampling["fitted"]["5"]
+    assert f["solver"] == "euler" and len(f["sigmas"]) == 6 and f["heldout_rmse"] < f["heldout_rmse_edm"]
+    assert "fitted schedule, 5 calls" in stdout
+    assert hidden_leftovers(tmp_path) == []
