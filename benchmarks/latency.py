@@ -1,6 +1,7 @@
 """Latency and fidelity of the runtime against the PyTorch reference, per stage.
 
     python benchmarks/latency.py                    # runs/shapes checkpoint + bundle, batch 1 and 32
+    python benchmarks/latency.py --demo             # the README demo's short run (~20 s on 2 cores)
     python benchmarks/latency.py --quick            # smoke run (batch 1 and 4, 2 repeats)
 
 Every row runs in its own process on the same checkpoint/bundle, the same seeds (0..B-1), the same
@@ -8,7 +9,9 @@ draws, tokens picked by the same code and the same Heun schedule (18 levels = 35
 network backend differs. Stages: prior (KV cache and recompute), one denoiser call, the ODE loop, end
 to end; median and spread of --repeats runs after warm-up. Fidelity: final samples against PyTorch
 eager float32. Compute floor: denoiser FLOPs x NFE x batch / the float32 matmul rate measured here.
-Writes benchmarks/results/latency-<machine>.json and .png and prints the table.
+Shared cores (latency_shared.py): the runtime alone and next to a training-step loop under three thread
+policies, both sides' slowdown. Writes benchmarks/results/latency-<machine>.json and .png and prints
+the table.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from discodiff.atomic import atomic_savefig, atomic_write_text
+
+import latency_shared
 
 HERE = Path(__file__).resolve().parent
 CPU_ROWS = ("torch-eager", "torch-compile", "ort-fp32", "ort-fp16")
@@ -78,7 +83,7 @@ def fidelity(x: np.ndarray, tok: np.ndarray, ref_x: np.ndarray, ref_tok: np.ndar
 
 def measure(a, rows: list[str], tmp: Path) -> dict:
     probes = {}
-    for probe in ("matmul", "flops", "prior32", "ortopts"):
+    for probe in ("matmul", "flops") + (() if a.demo or a.quick else ("prior32", "ortopts")):
         print(f"probe {probe} ...", flush=True)
         f = tmp / f"{probe}.json"
         run_py([str(HERE / "latency_probes.py"), probe, "--checkpoint", str(a.checkpoint), "--bundle", str(a.bundle),
@@ -158,10 +163,12 @@ def targets(report: dict) -> list[dict]:
                     r["speedup_vs_torch-compile"] >= 1.1)
             add(f"batch {b}: ort-fp32 within 2.5x of the compute floor", r["x_floor"], r["x_floor"] <= 2.5)
         add(f"batch {b}: prior <= 1% of end to end (ort-fp32)", r["prior_share"], r["prior_share"] <= 0.01)
-    p = report["probes"]["prior32"]
-    for b in (1, 32):
+    p = report["probes"].get("prior32")
+    for b in (1, 32) if p else ():
         s = p[f"batch{b}"]["speedup"]
         add(f"KV cache >= 2x recompute at 32 tokens, batch {b}", s, s >= 2)
+    if report.get("shared"):
+        out += latency_shared.targets(report["shared"])
     return out
 
 
@@ -186,12 +193,15 @@ def table(report: dict) -> str:
     lines.append(f"compute floor: {p['flops']['flops_per_sample'] / 1e6:.1f} MFLOP per denoiser call per sample, "
                  f"best float32 matmul rate {p['matmul']['gflops']:.1f} GFLOP/s ({p['matmul']['best']}; "
                  + ", ".join(f"{k} {v:.0f}" for k, v in p["matmul"]["by_library"].items()) + ")")
-    for b in (1, 32):
+    for b in (1, 32) if "prior32" in p else ():
         q = p["prior32"][f"batch{b}"]
         lines.append(f"prior at 32 tokens, batch {b}: KV cache {1000 * q['cache']['median_s']:.2f} ms, recompute "
                      f"{1000 * q['recompute']['median_s']:.2f} ms ({q['speedup']:.2f}x), tokens equal: {q['tokens_equal']}")
-    lines.append("ONNX Runtime session options, one denoiser call (ms): " + "; ".join(
-        f"batch {b[5:]}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()) for b, row in p["ortopts"].items()))
+    if "ortopts" in p:
+        lines.append("ONNX Runtime session options, one denoiser call (ms): " + "; ".join(
+            f"batch {b[5:]}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()) for b, row in p["ortopts"].items()))
+    if report.get("shared"):
+        lines += ["", latency_shared.table(report["shared"])]
     lines.append("")
     for t in report["targets"]:
         lines.append(f"[{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']:.3g}")
@@ -238,10 +248,17 @@ def main() -> int:
     ap.add_argument("--machine", type=str, default=None, help="name in the results file (default: CPU model + cores)")
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     ap.add_argument("--quick", action="store_true", help="smoke run: batches 1,4 and 2 repeats")
+    ap.add_argument("--demo", action="store_true", help="the README demo's short run: PyTorch eager vs ONNX Runtime "
+                    "fp32 at batch 1 and 32, one round of 3, no session-option, prior or shared-core probes")
+    ap.add_argument("--no-shared", dest="shared", action="store_false", help="skip the shared-core rows")
     a = ap.parse_args()
     a.bundle = a.bundle or a.checkpoint.parent / "bundle"
+    a.demo = a.demo and not a.quick
     if a.quick:
         a.batches, a.repeats, a.rounds = "1,4", 2, 1
+    if a.demo:
+        a.repeats, a.rounds, a.rows = 3, 1, a.rows or "torch-eager,ort-fp32"
+    a.shared = a.shared and not (a.quick or a.demo)
     try:
         a.batches = [int(b) for b in a.batches.split(",")]
         if min(a.batches) < 1 or a.steps < 1 or a.repeats < 1 or a.rounds < 1:
@@ -265,6 +282,8 @@ def main() -> int:
     machine = a.machine or (machine_name() + ("-" + re.sub(r"[^a-z0-9]+", "-", gpu["gpu"].lower()) if gpu else ""))
     with tempfile.TemporaryDirectory() as tmp:
         report = measure(a, rows, Path(tmp))
+        if a.shared:
+            report["shared"] = latency_shared.measure(a, Path(tmp), log=lambda m: print(m, flush=True))
     import onnxruntime
     import torch
 
@@ -277,7 +296,7 @@ def main() -> int:
     text = table(report)
     print(text)
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = a.out_dir / f"latency-{machine}{'-quick' if a.quick else ''}"
+    stem = a.out_dir / f"latency-{machine}{'-quick' if a.quick else '-demo' if a.demo else ''}"
     atomic_write_text(stem.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     atomic_write_text(stem.with_suffix(".txt"), text + "\n")
     chart(report, stem.with_suffix(".png"))

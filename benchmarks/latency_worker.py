@@ -96,15 +96,18 @@ class CudaGraphDenoiser:
         return st["out"].clone()
 
 
-def runtime_row(row: str, bundle: Path, threads: int | None):
+def runtime_row(row: str, bundle: Path, threads: int | None, spin: str = "on"):
     from contextlib import nullcontext
 
     from discodiff.runtime.bundle import open_bundle
+    from discodiff.runtime.cpu import plan_cpu
 
+    cpu = plan_cpu(threads, spin)
     precision = "fp16" if row.endswith("fp16") else "fp32"
-    opened = open_bundle(bundle, "trt" if row.startswith("trt") else "ort", precision, threads=threads,
+    opened = open_bundle(bundle, "trt" if row.startswith("trt") else "ort", precision, threads=cpu.threads,
+                         spinning=cpu.spinning,
                          graphs=(("denoiser_fp16" if precision == "fp16" else "denoiser"), "prior_step", "prior_recompute"))
-    return opened.model, (lambda: None), nullcontext
+    return opened.model, (lambda: None), nullcontext, cpu
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +123,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--spin", choices=("auto", "on", "off"), default="on",
+                    help="ONNX Runtime spinning (on: all cores spinning, the measured-fastest alone)")
+    ap.add_argument("--only-e2e", action="store_true", help="time only end to end (the shared-core rows)")
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--samples", type=Path, required=True)
     a = ap.parse_args()
@@ -128,14 +134,23 @@ def main() -> None:
     from discodiff.runtime.sampling import denoiser_fn, prior_tokens, sample_batch
 
     t_load = time.perf_counter()
+    cpu = None
     if a.row.startswith("torch"):
         model, sync, ctx = torch_row(a.row, a.checkpoint)
     else:
-        model, sync, ctx = runtime_row(a.row, a.bundle, a.threads)
+        model, sync, ctx, cpu = runtime_row(a.row, a.bundle, a.threads, a.spin)
     t_load = time.perf_counter() - t_load
     seeds = np.arange(a.batch)
     d = draw(seeds, model.meta)
-    res: dict = {"row": a.row, "batch": a.batch, "steps": a.steps, "load_s": t_load}
+    res: dict = {"row": a.row, "batch": a.batch, "steps": a.steps, "load_s": t_load, "cpu": cpu.describe() if cpu else None}
+    if a.only_e2e:
+        with ctx():
+            sample_batch(model, d, steps=a.steps)
+            res["window"] = [time.time()]
+            res["stages"] = {"end_to_end": timed(lambda: sample_batch(model, d, steps=a.steps), a.repeats, 0, sync)[0]}
+            res["window"].append(time.time())
+        a.json.write_text(json.dumps(res))
+        return
     with ctx():
         t_first = time.perf_counter()
         sample_batch(model, d, steps=a.steps)   # first call: includes compilation (torch.compile) or lazy init

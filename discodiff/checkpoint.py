@@ -21,7 +21,6 @@ from safetensors.torch import load_file, save_file
 from discodiff.atomic import atomic_write
 from discodiff.config import SCHEMA_VERSION, ModelConfig, check_model, from_dict, to_dict
 from discodiff.errors import UserError
-from discodiff.rundir import MODEL_FILE, STATE_FILE  # noqa: F401 - re-exported: the run files have one home
 
 META_KEY = "discodiff"
 

@@ -12,7 +12,10 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,8 @@ from discodiff.errors import UserError
 from discodiff.export import parity
 from discodiff.export.graphs import graph_specs
 from discodiff.export.lint import TRT_PARSER_VERSION, lint
-from discodiff.export.onnx_export import OPSET, export_graph, fp16_summary, mixed_fp16_copy
+from discodiff.export.onnx_export import EXTERNAL_DATA_ABOVE_MIB, OPSET, data_file, export_graph, fp16_summary, \
+    mixed_fp16, wants_external_data
 from discodiff.runtime.backends.ort import OrtBackend
 from discodiff.runtime.fit_model import DEFAULT_FIT_SOLVER, fit_bundle, with_fits
 from discodiff.runtime.manifest import FORMAT, MANIFEST, SCHEMA, Manifest
@@ -69,9 +73,12 @@ def check_destination(out: Path) -> None:
 
 def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch: int = 32, solver: str = "heun",
                   steps: int = 18, fit_nfe: tuple[int, ...] = (), fit_solver: str = DEFAULT_FIT_SOLVER,
-                  log=print) -> Manifest:
+                  external_data_above_mib: int = EXTERNAL_DATA_ABOVE_MIB, log=print) -> Manifest:
     """Export, lint and check every graph (and fit schedules for `fit_nfe` calls on the new graphs);
-    write the bundle at `out`. Returns its manifest."""
+    write the bundle at `out`. Returns its manifest. A graph whose weights exceed `external_data_above_mib`
+    MiB (0: every graph) keeps them in `<name>.onnx.data` beside it, listed with its sha256 in the
+    manifest entry (`external_data`)."""
+    start = time.perf_counter()
     check_destination(out)
     model, info = load_model(checkpoint)
     cfg, meta = model.cfg, model_meta(model.cfg)
@@ -81,20 +88,29 @@ def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch
     tmp = temp_dir(out.parent, _temp_prefixes(out)[0])
     try:
         rng = np.random.default_rng(0)
-        graphs, paths, problems = {}, {}, []
+        graphs, paths, problems, seconds = {}, {}, [], {}
+        log(f"exporting {len(specs)} graphs to ONNX ...")
         for name, (spec, wrapper) in specs.items():
-            log(f"exporting {name} ...")
-            if name == "denoiser_fp16":
-                wrapper = mixed_fp16_copy(specs["denoiser"][1])
+            t0 = time.perf_counter()
             path = tmp / f"{name}.onnx"
-            proto = export_graph(wrapper, spec, path, spec.sample_feeds(rng, 2, cfg.sigma_data))
+            feeds = spec.sample_feeds(rng, 2, cfg.sigma_data)
+            if name == "denoiser_fp16":   # the fp32 wrapper, its trunk in fp16 for the export only
+                with mixed_fp16(specs["denoiser"][1]) as fp16:
+                    proto = export_graph(fp16, spec, path, feeds, wants_external_data(fp16, external_data_above_mib))
+            else:
+                proto = export_graph(wrapper, spec, path, feeds, wants_external_data(wrapper, external_data_above_mib))
             rep = lint(proto, name)
             problems += [f"{name}: {p}" for p in rep.problems]
             spec.file, spec.sha256 = path.name, sha256_file(path)
             spec.info = {"opset": OPSET, "nodes": len(proto.graph.node), "trt_lint": rep.as_dict()}
+            data = data_file(path)
+            if data.exists():
+                spec.info["external_data"] = {data.name: sha256_file(data)}
             if spec.precision == "mixed-fp16":
                 spec.info["fp16"] = fp16_summary(proto)
             graphs[name], paths[name] = spec, path
+            seconds[name] = round(time.perf_counter() - t0, 3)
+            log(f"exporting {name} ... ({seconds[name]:.1f} s{f', weights in {data.name}' if data.exists() else ''})")
         if problems:
             raise UserError(f"TensorRT lint failed ({len(problems)} problem(s)), first: {problems[0]}")
         log("checking parity against PyTorch ...")
@@ -120,6 +136,8 @@ def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch
         }
         if fit_nfe:   # on the new graphs, in the temp bundle: the bundle appears with its fits or not at all
             raw = with_fits(raw, fit_bundle(Manifest.from_dict(tmp, raw), fit_nfe, fit_solver, log=log))
+        raw["export"] = {"seconds": round(time.perf_counter() - start, 3), "per_graph_s": seconds,
+                         "peak_rss_mb": peak_rss_mib(), "external_data_above_mib": external_data_above_mib}
         manifest = Manifest.from_dict(out, raw)   # the runtime's own schema check, before anything is kept
         atomic_write_text(tmp / MANIFEST, json.dumps(raw, indent=2) + "\n")
         _replace_dir(tmp, out)
@@ -132,6 +150,12 @@ def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def peak_rss_mib() -> float:
+    """The peak resident memory of this process so far, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
 
 def _replace_dir(new: Path, out: Path) -> None:

@@ -19,6 +19,7 @@ from discodiff.runtime.fit_model import DEFAULT_FIT_SOLVER
 from discodiff.runtime.solvers import SOLVERS
 
 DEFAULT_CHECKPOINT = Path("runs") / DEFAULT_PRESET / "model.safetensors"
+EXTERNAL_DATA_ABOVE_MIB = 1536   # = onnx_export.EXTERNAL_DATA_ABOVE_MIB, not imported here: that module loads torch
 
 
 @click.command(context_settings=CONTEXT)
@@ -38,14 +39,20 @@ DEFAULT_CHECKPOINT = Path("runs") / DEFAULT_PRESET / "model.safetensors"
               help="Also fit schedules for these denoiser call counts (e.g. 5,6,8,10); see discodiff-fit.")
 @click.option("--fit-solver", type=click.Choice(SOLVERS), default=DEFAULT_FIT_SOLVER, show_default=True,
               help="Solver the --fit-nfe schedules are fitted for.")
+@click.option("--external-data-above", "external_data_above", type=IntRange(0, 1_000_000),
+              default=EXTERNAL_DATA_ABOVE_MIB, show_default=True, metavar="MIB",
+              help="Store a graph's weights in <graph>.onnx.data beside it when they exceed MIB MiB (0: always). "
+                   "A single ONNX file cannot exceed 2 GB.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs TensorRT and an NVIDIA GPU).")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
-def command(checkpoint, out, max_batch, opt_batch, solver, steps, fit_nfe, fit_solver, trt, quiet):
+def command(checkpoint, out, max_batch, opt_batch, solver, steps, fit_nfe, fit_solver, external_data_above, trt,
+            quiet):
     """Export a trained DisCo-Diff checkpoint to a bundle the torch-free runtime samples from.
 
     Writes denoiser.onnx (fp32), denoiser_fp16.onnx (mixed precision), encoder.onnx, prior_step.onnx
     (static KV cache), prior_recompute.onnx and manifest.json (hashes, shapes, parity figures, TensorRT
-    lint). Every export is checked against PyTorch; a mismatch exits non-zero and leaves no bundle.
+    lint); a graph with large weights keeps them in <graph>.onnx.data beside it. Every export is checked
+    against PyTorch; a mismatch exits non-zero and leaves no bundle.
     """
     opt_batch = opt_batch or min(32, max_batch)
     if opt_batch > max_batch:
@@ -57,7 +64,8 @@ def command(checkpoint, out, max_batch, opt_batch, solver, steps, fit_nfe, fit_s
     from discodiff.export.bundle import add_engines, export_bundle
 
     man = export_bundle(checkpoint, out, max_batch=max_batch, opt_batch=opt_batch, solver=solver, steps=steps,
-                        fit_nfe=fit_nfe or (), fit_solver=fit_solver, log=log)
+                        fit_nfe=fit_nfe or (), fit_solver=fit_solver, external_data_above_mib=external_data_above,
+                        log=log)
     click.echo(summary(man.raw, out))
     if trt:
         from discodiff.export.trt import TrtUnavailable

@@ -1,13 +1,17 @@
 """ONNX export through torch.onnx (the torch.export-based exporter), then checks.
 
 Each graph: batch is the only dynamic axis (named "B"), opset 18, constants folded by the exporter's
-optimiser, `onnx.checker` (full check) and strict shape inference must pass, weights stored inline.
+optimiser, `onnx.checker` (full check) and strict shape inference must pass. Weights are stored inline,
+or, for a graph whose weights are larger than a threshold (a protobuf cannot exceed 2 GB), as ONNX
+external data: `<name>.onnx` plus the one file the exporter writes beside it, `<name>.onnx.data`
+(tensors of more than 256 bytes, packed in graph order). Such a graph is edited and checked through its
+file, with `load_external_data=False`: its weights are never loaded into memory nor rewritten.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
+import itertools
 import logging
 import warnings
 from pathlib import Path
@@ -21,6 +25,8 @@ from discodiff.networks import to_mixed_fp16
 from discodiff.runtime.contract import GraphSpec
 
 OPSET = 18
+EXTERNAL_DATA_ABOVE_MIB = 1536      # weights above this (MiB) go to an external data file
+MIB = 1 << 20
 
 
 @contextlib.contextmanager
@@ -39,8 +45,32 @@ def _quiet():
             lg.setLevel(lvl)
 
 
-def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, example: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """Export `module` (whose forward takes the spec's inputs as keywords) to `path` and check it."""
+def weight_bytes(module: torch.nn.Module) -> int:
+    """The module's parameters and buffers, in bytes, at their current dtypes (each shared tensor once)."""
+    return sum(t.numel() * t.element_size() for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+def wants_external_data(module: torch.nn.Module, above_mib: int = EXTERNAL_DATA_ABOVE_MIB) -> bool:
+    """Whether `module`'s graph stores its weights as external data: weights above `above_mib` (0: always)."""
+    return above_mib == 0 or weight_bytes(module) > above_mib * MIB
+
+
+def data_file(path: Path) -> Path:
+    """The external data file of graph `path`: the name torch.onnx.export(dynamo=True) gives it."""
+    return path.with_name(path.name + ".data")
+
+
+def external_locations(model: onnx.ModelProto) -> set[str]:
+    """The files the graph's initializers are stored in, outside the graph file."""
+    ext = onnx.TensorProto.EXTERNAL
+    return {e.value for t in model.graph.initializer if t.data_location == ext for e in t.external_data
+            if e.key == "location"}
+
+
+def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, example: dict[str, np.ndarray],
+                 external_data: bool = False) -> onnx.ModelProto:
+    """Export `module` (whose forward takes the spec's inputs as keywords) to `path` and check it; with
+    `external_data`, its weights go to `data_file(path)`. Returns the graph, without external weights."""
     kwargs = {name: torch.from_numpy(example[name]) for name in (t.name for t in spec.inputs)}
     batch = torch.export.Dim("B", min=spec.batch.min, max=spec.batch.max)
     dynamic = {t.name: {i: batch for i, d in enumerate(t.shape) if d == "B"} for t in spec.inputs}
@@ -49,7 +79,7 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, example: 
         with _quiet(), torch.no_grad():
             torch.onnx.export(module, (), str(path), kwargs=kwargs, input_names=[t.name for t in spec.inputs],
                               output_names=[t.name for t in spec.outputs], opset_version=OPSET, dynamo=True,
-                              external_data=False, dynamic_shapes=dynamic, optimize=True)
+                              external_data=external_data, dynamic_shapes=dynamic, optimize=True)
     except OSError as e:  # a full disk or an unwritable folder: the OS error, naming the bundle file
         if not e.errno:
             raise
@@ -59,16 +89,30 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, example: 
         if isinstance(cause, OSError) and cause.errno:
             raise OSError(cause.errno, cause.strerror, str(path)) from e
         raise UserError(f"ONNX export of {spec.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)
+    # torch also writes external data by itself above its own limit (1.5 GB of initializers): follow the files
+    data, where = data_file(path), external_locations(model)
+    if where - {data.name} or (where and not data.is_file()):
+        raise UserError(f"the exporter stored the {spec.name} weights in {sorted(where)}, not in {data.name} "
+                        "alone; this torch version writes external data differently")
     _strip_metadata(model)
     _name_batch_axis(model, spec)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+    checked = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
+    if not data.exists():
+        try:
+            onnx.checker.check_model(model, full_check=True)
+            model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        except checked as e:
+            raise UserError(f"the exported {spec.name} graph fails the ONNX checker: {str(e).splitlines()[0][:300]}")
+        onnx.save(model, str(path))
+        return model
+    onnx.save(model, str(path))   # the graph alone: tensors without data in memory are not written out
+    try:   # through the file, so the weights stay on disk
+        onnx.checker.check_model(str(path), full_check=True)
+        onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
+    except checked as e:
         raise UserError(f"the exported {spec.name} graph fails the ONNX checker: {str(e).splitlines()[0][:300]}")
-    onnx.save(model, str(path))
-    return model
+    return onnx.load(str(path), load_external_data=False)
 
 
 def _strip_metadata(model: onnx.ModelProto) -> None:
@@ -98,12 +142,24 @@ def _name_batch_axis(model: onnx.ModelProto, spec: GraphSpec) -> None:
                 raise UserError(f"{spec.name}: {vi.name} axis is {d.dim_param or d.dim_value}, the contract says {w}")
 
 
-def mixed_fp16_copy(denoiser_graph: torch.nn.Module) -> torch.nn.Module:
+@contextlib.contextmanager
+def mixed_fp16(denoiser_graph: torch.nn.Module):
     """The denoiser wrapper with its trunk in fp16 (I/O, preconditioning, noise embedding, softmax and
-    normalisation statistics stay float32, with explicit casts written by the modules)."""
-    g = copy.deepcopy(denoiser_graph)
-    to_mixed_fp16(g.denoiser)
-    return g
+    normalisation statistics stay float32, with explicit casts written by the modules), converted in
+    place for the block and restored bit for bit after it: every parameter and buffer gets back its own
+    float32 tensor, so the only extra memory is the fp16 copy of the trunk."""
+    modules = list(denoiser_graph.denoiser.modules())
+    params = [(m, k, p, p.data) for m in modules for k, p in m._parameters.items() if p is not None]
+    buffers = [(m, k, b) for m in modules for k, b in m._buffers.items() if b is not None]
+    try:
+        to_mixed_fp16(denoiser_graph.denoiser)
+        yield denoiser_graph
+    finally:
+        for m, k, p, data in params:
+            m._parameters[k] = p   # the same Parameter objects, holding their original tensors
+            p.data = data
+        for m, k, b in buffers:
+            m._buffers[k] = b
 
 
 def fp16_summary(model: onnx.ModelProto) -> dict:

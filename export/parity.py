@@ -6,6 +6,10 @@
   loosely to catch a broken graph, not to judge precision);
 - whole sampler: the one sampling core over the graphs (fp32 and fp16 denoiser) against the same core
   over the torch networks, on the same seeds: final samples and token agreement.
+
+The budget scales with the model: above REDUCED_ABOVE_PARAMS denoiser parameters the whole-sampler check
+runs 1 seed for 3 Heun steps and the fp16 check 2 samples at each of 7 sigmas (`budget`); the figures
+record the budget used.
 """
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ FP32_TOL = 1e-4
 KV_TOL = 1e-5
 FP16_REL_BOUND = 5e-2        # relative L2 per sigma above this means the fp16 graph is broken
 PARITY_SIGMAS = np.geomspace(SIGMA_MIN, SIGMA_MAX, 13)
+REDUCED_ABOVE_PARAMS = 20_000_000   # denoiser parameters above which the budget below is cut
+FULL_BUDGET = {"sampler_seeds": 4, "sampler_steps": 18, "fp16_sigmas": 13, "fp16_per_sigma": 4}
+REDUCED_BUDGET = {"sampler_seeds": 1, "sampler_steps": 3, "fp16_sigmas": 7, "fp16_per_sigma": 2}
 
 
 class ParityError(UserError):
@@ -92,10 +99,19 @@ def check_prior(model: DisCoDiff, backend, rng: np.random.Generator, batch: int 
     return fig
 
 
-def check_fp16(model: DisCoDiff, backend, rng: np.random.Generator, per_sigma: int = 4) -> dict:
-    """fp16 graph vs PyTorch float32 at each sigma of PARITY_SIGMAS."""
+def budget(model: DisCoDiff) -> dict:
+    """How much parity checking the model gets: the full budget, or the reduced one for a large denoiser."""
+    n = sum(p.numel() for p in model.denoiser.parameters())
+    reduced = n > REDUCED_ABOVE_PARAMS
+    return {"denoiser_params": n, "reduced": reduced, "reduced_above_params": REDUCED_ABOVE_PARAMS,
+            **(REDUCED_BUDGET if reduced else FULL_BUDGET)}
+
+
+def check_fp16(model: DisCoDiff, backend, rng: np.random.Generator, per_sigma: int = 4,
+               sigmas: np.ndarray = PARITY_SIGMAS) -> dict:
+    """fp16 graph vs PyTorch float32 at each of `sigmas`, `per_sigma` samples each."""
     spec, rows = backend.specs["denoiser_fp16"], []
-    for s in PARITY_SIGMAS:
+    for s in sigmas:
         feeds = spec.sample_feeds(rng, per_sigma, model.cfg.sigma_data, sigmas=np.full(per_sigma, s))
         out, ref = backend.run("denoiser_fp16", feeds)["denoised"], torch_denoise(model, feeds)
         rows.append({"sigma": float(s), "max_abs": _maxabs(out, ref), "rel_l2": _rel_l2(out, ref)})
@@ -123,10 +139,13 @@ def check_sampler(model: DisCoDiff, backend, n: int = 4, steps: int = 18) -> dic
 
 
 def run_all(model: DisCoDiff, backend, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    fig = {"denoiser": check_denoiser(model, backend, rng), "denoiser_fp16": check_fp16(model, backend, rng)}
+    rng, b = np.random.default_rng(seed), budget(model)
+    sigmas = np.geomspace(SIGMA_MIN, SIGMA_MAX, b["fp16_sigmas"])
+    fig = {"denoiser": check_denoiser(model, backend, rng),
+           "denoiser_fp16": check_fp16(model, backend, rng, b["fp16_per_sigma"], sigmas)}
     if model.cfg.m:
         fig["encoder"] = check_encoder(model, backend, rng)
         fig["prior"] = check_prior(model, backend, rng)
-    fig["sampler"] = check_sampler(model, backend)
+    fig["sampler"] = check_sampler(model, backend, b["sampler_seeds"], b["sampler_steps"])
+    fig["budget"] = b
     return fig

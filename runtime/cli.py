@@ -22,6 +22,7 @@ import numpy as np
 from discodiff.cli_util import CONTEXT, FloatRange, IntRange, main_for, run
 from discodiff.errors import UserError
 from discodiff.runtime.bundle import BACKENDS, DEVICES, PRECISIONS, PRIORS
+from discodiff.runtime.cpu import SPIN, plan_cpu
 from discodiff.runtime.plan import PLAN_SCHEDULES, PlanError, plan
 from discodiff.runtime.solvers import SOLVERS
 
@@ -95,7 +96,11 @@ def parse_class(value: str | None, num_classes: int, names: list[str]) -> int | 
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Denoiser graph: fp32, fp16 (mixed) or auto (fp16 on TensorRT, fp32 otherwise).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True, help="ONNX Runtime device.")
-@click.option("--threads", type=IntRange(1, CORES), default=None, help=f"ONNX Runtime intra-op threads (1..{CORES}; default: all cores).")
+@click.option("--threads", type=IntRange(1, CORES), default=None,
+              help=f"ONNX Runtime intra-op threads (1..{CORES}; default: all cores, or the free ones on a busy machine).")
+@click.option("--spin", type=click.Choice(SPIN), default="auto", show_default=True,
+              help="Idle ONNX Runtime threads spin (fastest alone) or sleep (kind to other processes); auto "
+                   "decides from the machine's load at start. See timing.json's cpu_policy.")
 @click.option("--batch", type=IntRange(min=1), default=None,
               help="Samples per batch, memory / speed only (default: 32, or the bundle's maximum if smaller).")
 # output
@@ -103,7 +108,7 @@ def parse_class(value: str | None, num_classes: int, names: list[str]) -> int | 
               help="Output directory (default: 'samples' beside the bundle).")
 @click.option("--quiet", is_flag=True, help="No progress bar; print only the summary line.")
 def command(bundle, n, seed, class_, shard, nfe, solver, schedule, steps, churn, guidance, temperature, top_k, prior,
-            backend, precision, device, threads, batch, out, quiet):
+            backend, precision, device, threads, spin, batch, out, quiet):
     """Sample from a DisCo-Diff bundle without torch: prior tokens, then the probability-flow ODE.
 
     Writes to --out: {seed:06d}.png per sample (.npy for vectors), grid.png (scatter.png for vectors),
@@ -135,13 +140,14 @@ def command(bundle, n, seed, class_, shard, nfe, solver, schedule, steps, churn,
     if len(seeds) == 0:  # more shards than samples: this shard's share of the union is empty
         click.echo(f"shard {shard[0]}/{shard[1]} of {n} samples is empty; nothing to write")
         return
-    _sample(man, seeds, label, out, shard, quiet, open_bundle(bundle, backend, precision, device, threads, prior,
-                                                               manifest=man),
+    cpu = plan_cpu(threads, spin)
+    _sample(man, seeds, label, out, shard, quiet, open_bundle(bundle, backend, precision, device, cpu.threads, prior,
+                                                               spinning=cpu.spinning, manifest=man), cpu,
             p, dict(guidance=guidance, churn=churn, temperature=temperature, top_k=top_k,
                     recompute_prior=prior == "recompute"), batch)
 
 
-def _sample(man, seeds, label, out, shard, quiet, opened, p, options: dict, batch: int) -> None:
+def _sample(man, seeds, label, out, shard, quiet, opened, cpu, p, options: dict, batch: int) -> None:
     from tqdm import tqdm
 
     from discodiff.runtime.output import RunWriter
@@ -165,7 +171,8 @@ def _sample(man, seeds, label, out, shard, quiet, opened, p, options: dict, batc
                    "guidance": options["guidance"], "churn": options["churn"],
                    "prior": "recompute" if options["recompute_prior"] else "cache", "batch": batch,
                    "prior_s": timing.get("prior_s", 0.0), "ode_s": timing.get("ode_s", 0.0), "total_s": total,
-                   "per_nfe_ms": 1000 * timing.get("ode_s", 0.0) / max(calls, 1), "graphs": be.summary()}
+                   "per_nfe_ms": 1000 * timing.get("ode_s", 0.0) / max(calls, 1), "graphs": be.summary(),
+                   **cpu.describe()}
         picture = writer.finish(summary)
     click.echo(f"{len(seeds)} samples in {total:.2f} s (prior {summary['prior_s']:.3f} s, ODE {summary['ode_s']:.2f} s, "
                f"{summary['nfe_per_sample']} denoiser calls per sample, {summary['per_nfe_ms']:.1f} ms per call) "

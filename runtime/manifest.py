@@ -9,6 +9,7 @@ them; engine checks (TensorRT version, GPU) are made by the TensorRT backend.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ SCHEMA = 2
 MANIFEST = "manifest.json"
 REEXPORT = "re-export it with discodiff-export"
 MODEL_GRAPHS = ("encoder", "prior_step", "prior_recompute")   # present when m > 0
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -72,6 +74,8 @@ class Manifest:
         meta = ModelMeta.from_dict(raw, raw["edm"])
         _expect(isinstance(raw["graphs"], dict), "graphs", "must be an object")
         graphs = {name: GraphSpec.from_dict(name, g) for name, g in raw["graphs"].items()}
+        for g in graphs.values():
+            _check_external_data(g)
         names = raw.get("class_names") or []
         _expect(isinstance(names, list) and all(isinstance(n, str) for n in names)
                 and len(names) in (0, meta.num_classes), "class_names", f"must be {meta.num_classes} strings or empty")
@@ -85,15 +89,18 @@ class Manifest:
         return man
 
     def verify(self) -> None:
-        """Every file the manifest names exists and has its recorded sha256."""
+        """Every file the manifest names exists and has its recorded sha256: graphs, their external data
+        files, engines."""
         for kind, entries in (("graph", {n: g.to_dict() for n, g in self.graphs.items()}), ("engine", self.engines)):
             for name, entry in entries.items():
-                f = self.bundle / entry["file"]
-                if not f.is_file():
-                    raise UserError(f"{kind} {name}: {f} is missing from the bundle; {REEXPORT}")
-                if sha256_file(f) != entry["sha256"]:
-                    raise UserError(f"{kind} {name}: {f} does not match its sha256 in the manifest (the file was changed "
-                                    f"or damaged); {REEXPORT}")
+                files = {entry["file"]: entry["sha256"], **(entry.get("external_data", {}) if kind == "graph" else {})}
+                for file, digest in files.items():
+                    f = self.bundle / file
+                    if not f.is_file():
+                        raise UserError(f"{kind} {name}: {f} is missing from the bundle; {REEXPORT}")
+                    if sha256_file(f) != digest:
+                        raise UserError(f"{kind} {name}: {f} does not match its sha256 in the manifest (the file was "
+                                        f"changed or damaged); {REEXPORT}")
 
     # ----------------------------------------------------------------------------------- questions
     def graph(self, name: str) -> GraphSpec:
@@ -141,6 +148,21 @@ def _check_sampling(s: dict) -> dict:
                 and all(a > b for a, b in zip(sig, sig[1:])), where, "sigmas must decrease strictly to 0")
         _int(fit.get("nfe"), f"{where}.nfe", 1)
     return s
+
+
+def _check_external_data(g: GraphSpec) -> None:
+    """`external_data`, where a graph keeps its weights outside its file: {plain file name: sha256 hex}."""
+    if "external_data" not in g.info:
+        return
+    ext = g.info["external_data"]
+    _expect(isinstance(ext, dict) and ext, f"graphs.{g.name}.external_data",
+            "must map the graph's weights files to their sha256")
+    for file, digest in ext.items():
+        _expect(isinstance(file, str) and file not in ("", ".", "..", MANIFEST, g.file) and "/" not in file
+                and "\\" not in file and "\0" not in file, f"graphs.{g.name}.external_data",
+                f"{file!r} is not a plain file name inside the bundle")
+        _expect(isinstance(digest, str) and SHA256_HEX.fullmatch(digest) is not None,
+                f"graphs.{g.name}.external_data", f"the sha256 of {file} must be 64 hex digits")
 
 
 def _shape(g: GraphSpec, kind: str, name: str) -> list:

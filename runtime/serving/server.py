@@ -9,7 +9,6 @@ flight, and the server exits 0.
 """
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -20,6 +19,7 @@ import numpy as np
 
 from discodiff.errors import UserError
 from discodiff.runtime.bundle import Opened, open_bundle
+from discodiff.runtime.cpu import plan_cpu
 from discodiff.runtime.manifest import Manifest
 from discodiff.runtime.serving.handler import SampleHandler
 
@@ -48,11 +48,13 @@ def open_instances(bundle: Path, o: ServeOptions) -> tuple[Manifest, list[Opened
     if o.max_batch > man.sampling_batch_max:
         raise UserError(f"--max-batch {o.max_batch} is above the bundle's limit {man.sampling_batch_max}; lower it "
                         "or re-export with a larger --max-batch")
-    threads = o.threads or max(1, (os.cpu_count() or 1) // o.instances)
+    cpu = plan_cpu(o.threads, "off" if o.instances > 1 else "auto")   # instances must not spin against each other
+    threads = o.threads or max(1, cpu.threads // o.instances)
     opened: list[Opened] = []
     try:
         for _ in range(o.instances):
-            opened.append(open_bundle(bundle, o.backend, o.precision, threads=threads, manifest=man))
+            opened.append(open_bundle(bundle, o.backend, o.precision, threads=threads, spinning=cpu.spinning,
+                                      manifest=man))
     except BaseException:
         for b in opened:
             b.close()

@@ -1,23 +1,21 @@
 """Smoke runs of the two benchmark scripts on tiny real models: they run, write their files, and the
 numbers they print hold together (fidelity of the float32 runtime, ratios consistent with timings)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from discodiff.cli_util import run
-from discodiff.export import cli as export_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_latency_quick(toy8_run, tmp_path):
-    bundle = tmp_path / "bundle"
-    assert run(export_cli.command, args=["--checkpoint", str(toy8_run / "model.safetensors"), "--out", str(bundle),
-                                         "--max-batch", "8", "--quiet"], prog="discodiff-export") == 0
+def test_latency_quick(toy8_run, toy8_bundle, tmp_path):
+    bundle = toy8_bundle
     out = tmp_path / "results"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency.py"), "--quick", "--rows",
                         "torch-eager,ort-fp32", "--checkpoint", str(toy8_run / "model.safetensors"),
@@ -36,8 +34,7 @@ def test_latency_quick(toy8_run, tmp_path):
         assert ort["speedup_vs_torch-eager"] == pytest.approx(ratio)
         assert ort["rounds_identical"]
     assert rep["probes"]["matmul"]["gflops"] == max(rep["probes"]["matmul"]["by_library"].values())
-    q = rep["probes"]["prior32"]
-    assert q["batch1"]["tokens_equal"] and q["batch32"]["tokens_equal"]
+    assert "prior32" not in rep["probes"] and "shared" not in rep      # the quick run skips the long probes
     assert "ort-fp32" in r.stdout and "compute floor" in r.stdout
 
 
@@ -71,3 +68,46 @@ def test_quality_quick(tmp_path):
     assert rep["models"]["plain"]["params"] < rep["models"]["disco"]["params"] < 1.2 * rep["models"]["plain"]["params"]
     assert rep["floor_w2_matched"] > 0
     assert len(rep["targets"]) == 6 and all(isinstance(t["met"], bool) for t in rep["targets"])
+
+
+@pytest.mark.slow
+def test_frontier_quick(tmp_path):
+    out = tmp_path / "results"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--quick", "--only", "toy8",
+                        "--work", str(tmp_path / "work"), "--out-dir", str(out)], capture_output=True, text=True,
+                       timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((out / "frontier_toy8_quick.json").read_text())
+    assert (out / "frontier_toy8_quick.png").stat().st_size > 0
+    for variant in ("disco", "plain"):
+        m = rep["models"][variant]
+        fitted = [g for g in m["rmse_grid"] if g["schedule"] == "fitted"]
+        assert fitted and all(len(g["sigmas"]) - 1 in (g["nfe"], (g["nfe"] + 1) // 2) for g in fitted)
+        assert all(np.isfinite(r["teacher_rmse"]) and r["ms_per_sample"] > 0 for r in m["rows"])
+    assert any(t["target"].startswith("fitted vs EDM") for t in rep["targets"])
+
+
+@pytest.mark.slow
+def test_memory_quick(toy8_bundle, tmp_path):
+    out = tmp_path / "results"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--quick", "--bundle", str(toy8_bundle),
+                        "--batch", "8", "--machine", "test", "--out-dir", str(out), "--work", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((out / "memory-test-quick.json").read_text())
+    assert [x["n"] for x in rep["rows"]] == [100, 2000] and rep["rows"][1]["files"] == 2000 + 3
+    assert all(x["peak_rss_mib"] > 10 for x in rep["rows"])
+
+
+@pytest.mark.slow
+def test_serve_quick(shapes_bundle, tmp_path):
+    pytest.importorskip("pytriton", reason="needs the serving extra: pip install -e '.[serve]'")
+    out = tmp_path / "results"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--quick", "--bundle", str(shapes_bundle),
+                        "--max-batch", "4", "--machine", "test", "--out-dir", str(out)], capture_output=True, text=True,
+                       timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((out / "serve-test-quick.json").read_text())
+    s = rep["soak"]
+    assert s["transport_errors"] == 0 and s["valid_wrong"] == 0 and s["malformed_answered_with_error"] == s["malformed"]
+    assert [x["concurrency"] for x in rep["load"]] == [1, 4] and rep["server_exit_code"] == 0

@@ -3,7 +3,6 @@ removes only what a run wrote, and a run that failed before its first save does 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from tests.helpers import copy_tree, train_cli as train, tree_digest
 from discodiff import checkpoint as ckpt
+from discodiff import rundir
 from discodiff.rundir import RUN_FILES
 from discodiff.train.metrics import read_metrics
 
@@ -100,7 +101,7 @@ def test_save_and_load_are_bit_identical(run_dir, tmp_path):
 
 
 def test_train_state_round_trips(toy8_run):
-    st = ckpt.load_state(toy8_run / ckpt.STATE_FILE)
+    st = ckpt.load_state(toy8_run / rundir.STATE_FILE)
     assert st["step1"] == 20 and st["step2"] == 10
     assert set(st) >= {"model", "ema", "opt1", "opt2"}
     # the saved EMA is what model.safetensors holds
@@ -147,7 +148,7 @@ def test_resume_continues_the_step_count(resumed):
     assert opts["name"] == preset
     info = ckpt.read_info(parts / "model.safetensors")
     assert info["train"]["steps"] == n2
-    assert ckpt.load_state(parts / ckpt.STATE_FILE)["step1"] == n2
+    assert ckpt.load_state(parts / rundir.STATE_FILE)["step1"] == n2
 
 
 def test_resume_stage1_losses_match_the_straight_run(resumed):
@@ -213,3 +214,35 @@ def test_overwrite_replaces_the_run(toy8_run, tmp_path):
     assert json.loads((out / "training_options.json").read_text())["train"]["steps"] == 3
     new = load_file(str(out / "model.safetensors"))
     assert any(not torch.equal(old[k], new[k]) for k in old)
+
+
+# ---------------------------------------------------------------------------------------------
+# Untrained checkpoints and the size presets
+
+
+def test_init_only_writes_the_untrained_model_in_the_same_format(tmp_path):
+    out = tmp_path / "init"
+    assert train("--preset", "shapes-tiny", "--init-only", "--out", out, "--quiet") == 0
+    model, info = ckpt.load_model(out / "model.safetensors")
+    assert info["train"]["init_only"] is True and info["train"]["steps"] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "training_options.json"]
+    torch.manual_seed(0)   # the weights training would start from (same seed)
+    from discodiff.networks import DisCoDiff
+
+    fresh = DisCoDiff(model.cfg).state_dict()
+    assert all(torch.equal(v, fresh[k]) for k, v in model.state_dict().items())
+
+
+def test_size_presets_have_published_sizes():
+    from discodiff import presets
+    from discodiff.networks import DisCoDiff
+
+    sizes = {}
+    for name in presets.SIZE_PRESETS:
+        with torch.device("meta"):
+            m = DisCoDiff(presets.get(name)[1])
+        sizes[name] = sum(p.numel() for p in m.denoiser.parameters())
+    assert 50e6 <= sizes["cifar-size"] <= 60e6
+    assert 280e6 <= sizes["in64-size"] <= 320e6
+    assert sizes["xl"] > 550e6 and 4 * sizes["xl"] > 2 * 2**30      # its fp32 graph is past the 2 GB limit
+    assert presets.get("in64-size")[1].prior.depth == 12

@@ -5,7 +5,6 @@ import json
 
 import cv2
 import numpy as np
-import pytest
 
 from discodiff.runtime.bundle import open_bundle
 from discodiff.runtime.draws import draw

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 
@@ -18,7 +19,7 @@ import pytest
 pytriton = pytest.importorskip("pytriton", reason="needs the serving extra: pip install -e '.[serve]'")
 http = pytest.importorskip("tritonclient.http")
 
-from tests.helpers import VENV_BIN, call, free_port, one_error_line, run_cli  # noqa: E402
+from tests.helpers import VENV_BIN, call, free_port, run_cli  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -26,15 +27,17 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def start(bundle, *extra, wait: bool = True):
     ports = [free_port() for _ in range(3)]
+    log = tempfile.TemporaryFile("w+")        # read on failure; a pipe nobody reads would fill and block the server
     proc = subprocess.Popen([str(VENV_BIN / "discodiff-serve"), "--bundle", str(bundle), "--http-port", str(ports[0]),
                              "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--threads", "1", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=log, stderr=log, text=True, env=ENV)
+    proc.log = log
     client = http.InferenceServerClient(f"127.0.0.1:{ports[0]}", concurrency=64)
     if wait:
         end = time.time() + 120
         while time.time() < end:
             if proc.poll() is not None:
-                raise AssertionError(f"the server exited {proc.returncode}: {proc.stderr.read()[-3000:]}")
+                raise AssertionError(f"the server exited {proc.returncode}: {logged(proc)[-3000:]}")
             try:
                 if client.is_model_ready("discodiff"):
                     break
@@ -45,6 +48,11 @@ def start(bundle, *extra, wait: bool = True):
             proc.kill()
             raise AssertionError("the server did not become ready in 120 s")
     return proc, client, ports
+
+
+def logged(proc) -> str:
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def stop(proc) -> int:
@@ -176,14 +184,14 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(tiny):
     proc.send_signal(signal.SIGTERM)
     done = [p.get_result().as_numpy("error")[0, 0] for p in pending]
     client.close()
-    assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    assert proc.wait(timeout=120) == 0, logged(proc)[-2000:]
     assert done == [b"", b"", b""]
 
 
 def test_a_bad_bundle_fails_in_one_line_before_binding_any_port(tmp_path):
     proc, client, ports = start(tmp_path / "no-bundle", wait=False)
     rc = proc.wait(timeout=60)
-    err = [ln for ln in proc.stderr.read().splitlines() if ln.strip()]
+    err = [ln for ln in logged(proc).splitlines() if ln.strip()]
     assert rc == 2 and len(err) == 1 and err[0].startswith("discodiff-serve: error:") and "does not exist" in err[0]
     for p in ports:
         with socket.socket() as s:

@@ -1,0 +1,265 @@
+"""How cost grows with model size: the project's networks at published sizes, untrained, through export
+and the runtime.
+
+    python benchmarks/scaling.py                           # cifar-size, in64-size, xl (and the shapes default)
+    python benchmarks/scaling.py --sizes cifar-size --quick
+
+Per size: parameters, GFLOP per denoiser call, bundle size, export time and peak RSS (the export is a
+child process; its manifest records the same), one denoiser call and a short end-to-end run (prior, then
+Euler with 4 calls) at batch 1 and 4 for PyTorch eager and the runtime (ONNX Runtime, float32), each in
+its own process on the same draws; the compute floor (FLOPs / the best float32 matmul rate measured in
+the same run) and the prior's share; fp32 parity of the runtime's samples against PyTorch's.
+Writes benchmarks/results/scaling-<machine>.{json,txt,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from discodiff.atomic import atomic_savefig, atomic_write_text
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from latency import machine_name  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def child(cmd: list[str]) -> dict:
+    """Run a command; its wall time and peak RSS (MiB), from wait4."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed: {err[-1500:]}")
+    return {"wall_s": time.perf_counter() - t0, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": out}
+
+
+# ---------------------------------------------------------------------------------------------
+# The timing worker (its own process per backend)
+
+
+def worker(a) -> None:
+    from discodiff.runtime.draws import draw
+    from discodiff.runtime.sampling import denoiser_fn, prior_tokens, sample_batch
+    from discodiff.runtime.schedule import sigma_steps
+
+    if a.backend == "torch":
+        import torch
+
+        from discodiff.checkpoint import load_model
+        from discodiff.sampling import TorchModel
+
+        model = TorchModel(load_model(a.checkpoint)[0])
+        ctx = torch.no_grad()
+    else:
+        from contextlib import nullcontext
+
+        from discodiff.runtime.bundle import open_bundle
+
+        model = open_bundle(a.bundle, "ort", "fp32").model
+        ctx = nullcontext()
+    res, samples = {}, {}
+    sig = sigma_steps(4, model.meta.sigma_min, model.meta.sigma_max, model.meta.rho)
+    with ctx:
+        for b in (1, 4):
+            d = draw(np.arange(b), model.meta)
+            tok = prior_tokens(model, d)
+            D = denoiser_fn(model, tok, d.labels)
+            x = model.asarray(d.noise) * 10.0
+            D(x, 10.0)                                        # warm-up
+            calls = []
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                D(x, 10.0)
+                calls.append(time.perf_counter() - t0)
+            timing: dict = {}
+            t0 = time.perf_counter()
+            xs, toks = sample_batch(model, d, solver="euler", sigmas=sig, timing=timing)
+            e2e = time.perf_counter() - t0
+            res[b] = {"call_ms": 1000 * float(np.median(calls)), "e2e_ms": 1000 * e2e, "prior_ms": 1000 * timing["prior_s"]}
+            samples[f"x{b}"], samples[f"tok{b}"] = xs, toks
+    np.savez(a.samples, **samples)
+    Path(a.json).write_text(json.dumps(res))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def model_facts(checkpoint: Path) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from discodiff.checkpoint import load_model
+
+    model, _ = load_model(checkpoint)
+    cfg = model.cfg
+    kw = {"tokens": torch.zeros(1, cfg.m, dtype=torch.int32) if cfg.m else None,
+          "class_labels": torch.zeros(1, dtype=torch.int32) if cfg.num_classes else None}
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.denoiser(torch.randn(1, *cfg.data_shape), torch.ones(1), **kw)
+    count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
+    return {"params": {"denoiser": count(model.denoiser), "encoder": count(model.encoder), "prior": count(model.prior)},
+            "gflop_per_call": fc.get_total_flops() / 1e9, "data_shape": list(cfg.data_shape)}
+
+
+def run_size(name: str, a, rate_gflops: float) -> dict:
+    run = a.work / name
+    ckpt, bundle = run / "model.safetensors", run / "bundle"
+    if not ckpt.exists():
+        args = ["--init-only"] if name != "shapes" else []
+        child([str(BIN / "discodiff-train"), "--preset", name, *args, "--out", str(run), "--quiet"])
+    facts = model_facts(ckpt)
+    print(f"{name}: {facts['params']['denoiser'] / 1e6:.1f} M denoiser parameters, {facts['gflop_per_call']:.2f} GFLOP "
+          f"per call; exporting ...", flush=True)
+    if bundle.exists():
+        import shutil
+
+        shutil.rmtree(bundle)
+    exp = child([str(BIN / "discodiff-export"), "--checkpoint", str(ckpt), "--out", str(bundle), "--max-batch", "4",
+                 "--opt-batch", "1"])
+    man = json.loads((bundle / "manifest.json").read_text())
+    sizes = {p.name: p.stat().st_size for p in bundle.iterdir()}
+    weight_bytes = 4 * sum(facts["params"].values())
+    out = {"size": name, **facts, "bundle_bytes": sum(sizes.values()), "bundle_files": sizes,
+           "export": {"wall_s": exp["wall_s"], "peak_rss_mib": exp["peak_rss_mib"], "manifest": man.get("export"),
+                      "rss_over_fp32_weights": exp["peak_rss_mib"] * 2**20 / weight_bytes},
+           "external_data": {g: e.get("external_data") for g, e in man["graphs"].items() if e.get("external_data")},
+           "parity_at_export": {"denoiser_max_abs": man["parity"]["denoiser"]["max_abs"],
+                                "sampler": man["parity"]["sampler"]}}
+    for backend in ("torch", "ort"):
+        print(f"{name}: timing {backend} ...", flush=True)
+        j, s = a.work / f"{name}-{backend}.json", a.work / f"{name}-{backend}.npz"
+        child([sys.executable, __file__, "--worker", "--backend", backend, "--checkpoint", str(ckpt), "--bundle", str(bundle),
+               "--json", str(j), "--samples", str(s), "--repeats", str(a.repeats)])
+        out[backend] = {int(k): v for k, v in json.loads(j.read_text()).items()}
+        out[f"{backend}_samples"] = dict(np.load(s))
+    for b in (1, 4):
+        floor_ms = 1000 * facts["gflop_per_call"] * b / rate_gflops
+        t, r = out["torch"][b], out["ort"][b]
+        out.setdefault("per_batch", {})[b] = {
+            "floor_ms": floor_ms, "runtime_x_floor": r["call_ms"] / floor_ms, "speedup_vs_eager": t["call_ms"] / r["call_ms"],
+            "prior_share": r["prior_ms"] / r["e2e_ms"],
+            "max_abs_vs_torch": float(np.abs(out["ort_samples"][f"x{b}"] - out["torch_samples"][f"x{b}"]).max()),
+            "tokens_equal": bool(np.array_equal(out["ort_samples"][f"tok{b}"], out["torch_samples"][f"tok{b}"]))}
+    del out["torch_samples"], out["ort_samples"]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="shapes,cifar-size,in64-size,xl")
+    ap.add_argument("--work", type=Path, default=Path("runs/scale"))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--machine", default=None)
+    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
+    ap.add_argument("--quick", action="store_true", help="the shapes default only, 2 repeats")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--backend", choices=("torch", "ort"), help=argparse.SUPPRESS)
+    ap.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--samples", type=Path, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        worker(a)
+        return 0
+    sizes = ["shapes"] if a.quick else a.sizes.split(",")
+    a.repeats = 2 if a.quick else a.repeats
+    a.work.mkdir(parents=True, exist_ok=True)
+    from latency_probes import matmul_rate
+
+    rate = matmul_rate()
+    rows = [run_size(s, a, rate["gflops"]) for s in sizes]
+    rep = {"machine": a.machine or machine_name(), "matmul": rate, "sizes": rows}
+    rep["targets"] = targets(rep)
+    text = report(rep)
+    print(text)
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = a.out_dir / f"scaling-{rep['machine']}{'-quick' if a.quick else ''}"
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(rep, indent=1, default=float) + "\n")
+    atomic_write_text(stem.with_suffix(".txt"), text + "\n")
+    plot(rep, stem.with_suffix(".png"))
+    return 0
+
+
+def targets(rep: dict) -> list[dict]:
+    by, out = {r["size"]: r for r in rep["sizes"]}, []
+    if "in64-size" in by:
+        r = by["in64-size"]
+        out.append({"target": "in64-size: export with all parity checks <= 10 min", "value": r["export"]["wall_s"] / 60,
+                    "met": r["export"]["wall_s"] <= 600})
+        out.append({"target": "in64-size: export peak RSS <= 4x its fp32 weight size", "value": r["export"]["rss_over_fp32_weights"],
+                    "met": r["export"]["rss_over_fp32_weights"] <= 4})
+        pb = r["per_batch"][1]
+        out.append({"target": "in64-size, batch 1: runtime >= 1.2x PyTorch eager per denoiser call",
+                    "value": pb["speedup_vs_eager"], "met": pb["speedup_vs_eager"] >= 1.2})
+        out.append({"target": "in64-size, batch 1: runtime within 1.5x of the compute floor", "value": pb["runtime_x_floor"],
+                    "met": pb["runtime_x_floor"] <= 1.5})
+    if "xl" in by:
+        r = by["xl"]
+        worst = max(pb["max_abs_vs_torch"] for pb in r["per_batch"].values())
+        out.append({"target": "xl: exported with external data, sampled by the runtime with fp32 parity <= 1e-4 vs PyTorch",
+                    "value": worst, "met": bool(r["external_data"]) and worst <= 1e-4
+                    and all(pb["tokens_equal"] for pb in r["per_batch"].values())})
+    return out
+
+
+def report(rep: dict) -> str:
+    lines = [f"scaling on {rep['machine']} (best float32 matmul {rep['matmul']['gflops']:.0f} GFLOP/s)",
+             f"{'size':<11} {'denoiser M':>10} {'GFLOP/call':>10} {'bundle MB':>9} {'export s':>8} {'RSS GiB':>7} "
+             f"{'B':>2} {'eager ms':>9} {'runtime ms':>10} {'x eager':>7} {'x floor':>7} {'e2e ms':>8} {'prior %':>7} {'max abs':>8}"]
+    for r in rep["sizes"]:
+        for b in (1, 4):
+            pb = r["per_batch"][b]
+            lines.append(f"{r['size']:<11} {r['params']['denoiser'] / 1e6:10.1f} {r['gflop_per_call']:10.2f} "
+                         f"{r['bundle_bytes'] / 1e6:9.0f} {r['export']['wall_s']:8.0f} {r['export']['peak_rss_mib'] / 1024:7.2f} "
+                         f"{b:>2} {r['torch'][b]['call_ms']:9.1f} {r['ort'][b]['call_ms']:10.1f} {pb['speedup_vs_eager']:7.2f} "
+                         f"{pb['runtime_x_floor']:7.2f} {r['ort'][b]['e2e_ms']:8.0f} {100 * pb['prior_share']:7.2f} "
+                         f"{pb['max_abs_vs_torch']:8.1e}")
+    for r in rep["sizes"]:
+        if r["external_data"]:
+            lines.append(f"{r['size']}: ONNX external data for " + ", ".join(r["external_data"]))
+    lines.append("")
+    lines += [f"[{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']:.3g}" for t in rep["targets"]]
+    return "\n".join(lines)
+
+
+def plot(rep: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rep["sizes"]
+    p = [r["params"]["denoiser"] / 1e6 for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for key, label, ls in (("torch", "PyTorch eager", "o-"), ("ort", "runtime (ONNX Runtime fp32)", "s-")):
+        axes[0].plot(p, [r[key][1]["call_ms"] for r in rows], ls, label=label)
+    axes[0].plot(p, [r["per_batch"][1]["floor_ms"] for r in rows], "k--", label="compute floor")
+    axes[0].set_ylabel("one denoiser call, batch 1, ms")
+    axes[1].plot(p, [r["export"]["wall_s"] for r in rows], "o-", label="export time, s")
+    axes[1].plot(p, [r["export"]["peak_rss_mib"] / 1024 for r in rows], "s-", label="export peak RSS, GiB")
+    axes[1].plot(p, [r["bundle_bytes"] / 2**30 for r in rows], "^-", label="bundle size, GiB")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("denoiser parameters, millions")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"cost against model size on {rep['machine']}", fontsize=10)
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

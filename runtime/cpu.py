@@ -1,0 +1,63 @@
+"""How many CPU threads the runtime uses, and whether idle ones spin: chosen from how busy the machine
+is when the runtime starts (`auto`), or as asked.
+
+ONNX Runtime's intra-op pool is fastest alone with every core and spinning workers (between two ops a
+worker spins instead of sleeping: measured in benchmarks/latency.py). On a machine where another heavy
+process runs (a training run, a second sampler), spinning workers and that process's OpenMP pool fight
+for the same cores and both collapse (a training run next to discodiff-run was measured 20x slower).
+`auto` therefore samples how many other tasks are runnable right now (/proc/stat procs_running, a few
+samples over ~40 ms): none -> every core, spinning; some -> only the free cores (at least one), no
+spinning. The choice and its reason are reported (timing.json, the server's start line).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+SPIN = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    threads: int
+    spinning: bool
+    reason: str
+
+    def describe(self) -> dict:
+        return {"threads": self.threads, "spinning": self.spinning, "cpu_policy": self.reason}
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def busy_elsewhere(samples: int = 5, interval: float = 0.008) -> float:
+    """Runnable tasks other than this one, median of a few samples of /proc/stat (0 where unknown)."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/stat") as f:
+                running = next(int(line.split()[1]) for line in f if line.startswith("procs_running"))
+        except (OSError, StopIteration, ValueError):
+            return 0.0
+        counts.append(max(running - 1, 0))      # this process is one of them
+        if i + 1 < samples:
+            time.sleep(interval)
+    counts.sort()
+    return float(counts[len(counts) // 2])
+
+
+def plan_cpu(threads: int | None = None, spin: str = "auto", busy: float | None = None) -> CpuPlan:
+    """The runtime's threads and spinning: explicit where given, else from the machine's load."""
+    n = cores()
+    busy = busy_elsewhere() if busy is None and (threads is None or spin == "auto") else (busy or 0.0)
+    if threads is None:
+        threads = n if busy < 1 else max(1, n - int(round(busy)))
+    spinning = spin == "on" or (spin == "auto" and busy < 1)
+    reason = (f"{'auto' if spin == 'auto' else 'spin ' + spin}: {busy:g} other runnable task(s) on {n} core(s) at start"
+              + (" (alone: all cores, spinning)" if busy < 1 else " (shared: free cores only, no spinning)"))
+    return CpuPlan(threads, spinning, reason)
