@@ -35,8 +35,25 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def _own_running() -> int:
+    """Runnable threads of this process (an OpenMP pool still spinning after torch work counts in
+    procs_running too, and is not another process)."""
+    n = 0
+    try:
+        for task in os.scandir("/proc/self/task"):
+            try:
+                with open(f"{task.path}/stat") as f:
+                    n += f.read().rsplit(")", 1)[1].split()[0] == "R"
+            except (OSError, IndexError):
+                pass
+    except OSError:
+        return 1
+    return max(n, 1)
+
+
 def busy_elsewhere(samples: int = 5, interval: float = 0.008) -> float:
-    """Runnable tasks other than this one, median of a few samples of /proc/stat (0 where unknown)."""
+    """Runnable tasks other than this process's own threads, median of a few samples of /proc/stat (0 where
+    unknown)."""
     counts = []
     for i in range(samples):
         try:
@@ -44,7 +61,7 @@ def busy_elsewhere(samples: int = 5, interval: float = 0.008) -> float:
                 running = next(int(line.split()[1]) for line in f if line.startswith("procs_running"))
         except (OSError, StopIteration, ValueError):
             return 0.0
-        counts.append(max(running - 1, 0))      # this process is one of them
+        counts.append(max(running - _own_running(), 0))
         if i + 1 < samples:
             time.sleep(interval)
     counts.sort()
@@ -54,9 +71,9 @@ def busy_elsewhere(samples: int = 5, interval: float = 0.008) -> float:
 def plan_cpu(threads: int | None = None, spin: str = "auto", busy: float | None = None) -> CpuPlan:
     """The runtime's threads and spinning: explicit where given, else from the machine's load."""
     n = cores()
-    busy = busy_elsewhere() if busy is None and (threads is None or spin == "auto") else (busy or 0.0)
-    if threads is None:
-        threads = n if busy < 1 else max(1, n - int(round(busy)))
+    busy = busy_elsewhere() if busy is None and spin == "auto" else (busy or 0.0)
+    if threads is None:                 # only auto adapts the threads; on / off mean every core
+        threads = n if busy < 1 or spin != "auto" else max(1, n - int(round(busy)))
     spinning = spin == "on" or (spin == "auto" and busy < 1)
     reason = (f"{'auto' if spin == 'auto' else 'spin ' + spin}: {busy:g} other runnable task(s) on {n} core(s) at start"
               + (" (alone: all cores, spinning)" if busy < 1 else " (shared: free cores only, no spinning)"))

@@ -28,3 +28,34 @@ def test_explicit_choices_win(monkeypatch):
 def test_busy_elsewhere_reads_this_machine():
     n = cpu.busy_elsewhere(samples=3, interval=0.001)
     assert n >= 0 and n == int(n)
+
+
+def test_explicit_spinning_uses_every_core_even_on_a_busy_machine(monkeypatch):
+    monkeypatch.setattr(cpu, "cores", lambda: 8)
+    assert cpu.plan_cpu(spin="on", busy=4).threads == 8 and cpu.plan_cpu(spin="off", busy=4).threads == 8
+
+
+def test_this_process_own_busy_threads_are_not_another_process():
+    """A pool of ours still spinning (torch's OpenMP after a step, a BLAS call) must not read as a busy machine."""
+    import threading
+
+    import numpy as np
+
+    stop = threading.Event()
+
+    def work():
+        a = np.ones((200, 200))
+        while not stop.is_set():
+            a @ a                      # releases the GIL: the thread stays runnable
+
+    base = cpu.busy_elsewhere()        # whatever else runs on this machine now
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        assert cpu._own_running() >= 2
+        assert cpu.busy_elsewhere() < base + 2      # counted as others, our two threads would add 2
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
