@@ -18,10 +18,13 @@ Writes benchmarks/results/frontier_{toy8,shapes}.json and .png.
 from __future__ import annotations
 
 import argparse
+import functools
+import multiprocessing
 import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -83,15 +86,16 @@ def rmse_grid(ev: ModelEval, fitted: dict, calls) -> list[dict]:
 
 
 def best_schedules(rows: list[dict]) -> dict[str, str]:
-    """Per solver, the schedule with the lowest mean log teacher RMSE over the few-call counts (<= 16)."""
+    """Per solver, the schedule with the lowest mean log teacher RMSE over the few-call counts (<= 16) that
+    every schedule of that solver has a row for (fitted schedules may stop below 16 calls)."""
     best = {}
     for solver in SOLVERS:
-        scores = {}
-        for schedule in SCHEDULES:
-            errs = [r["teacher_rmse"] for r in rows if r["solver"] == solver and r["schedule"] == schedule and r["nfe"] <= 16]
-            if errs:
-                scores[schedule] = float(np.mean(np.log(errs)))
-        if scores:                      # Heun has no few-call row when every count asked for is even
+        mine = [r for r in rows if r["solver"] == solver and r["nfe"] <= 16]
+        per = {sch: {r["nfe"]: r["teacher_rmse"] for r in mine if r["schedule"] == sch} for sch in SCHEDULES}
+        per = {sch: errs for sch, errs in per.items() if errs}
+        common = set.intersection(*(set(e) for e in per.values())) if per else set()
+        if common:                      # Heun has no few-call row when every count asked for is even
+            scores = {sch: float(np.mean([np.log(e[n]) for n in common])) for sch, e in per.items()}
             best[solver] = min(scores, key=scores.get)
     return best
 
@@ -100,18 +104,37 @@ def best_schedules(rows: list[dict]) -> dict[str, str]:
 # Quality per data set
 
 
-def toy_quality(x: np.ndarray, n: int) -> dict:
+@functools.lru_cache(maxsize=None)
+def _toy_floors(n: int) -> tuple[float, float, float]:
+    """Truth-vs-truth W2, its count-matched twin and the truth's own off-mode share at this n (per n once)."""
     from discodiff.data import toy8, toy8_centres
 
     centres, std = toy8_centres(3.0), 0.2
-    floor = qm.w2(toy8(n, 10_001).x, toy8(n, 20_001).x)
     first = toy8(n, 10_001).x
-    matched = lambda y, s: centres[qm.nearest(y, centres)[0]] + std * np.random.default_rng(s).standard_normal(y.shape)  # noqa: E731
-    floor_m = qm.w2(first, matched(first, 50_001))
-    truth_off = qm.off_mode_share(toy8(n, 30_001).x, centres, 3 * std)
-    w, wm = qm.w2(x, toy8(n, 40_001).x), qm.w2(x, matched(x, 60_001))
+    with _pool() as pool:                     # exact W2 is one single-threaded assignment: one per core
+        floor, floor_m = pool.map(qm.w2, (first, first), (toy8(n, 20_001).x, _matched(first, 50_001)))
+    return floor, floor_m, qm.off_mode_share(toy8(n, 30_001).x, centres, 3 * std)
+
+
+def _pool() -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _matched(y: np.ndarray, seed: int) -> np.ndarray:
+    """A reference redrawn with y's own per-mode counts (removes the count noise from W2)."""
+    from discodiff.data import toy8_centres
+
+    centres = toy8_centres(3.0)
+    return centres[qm.nearest(y, centres)[0]] + 0.2 * np.random.default_rng(seed).standard_normal(y.shape)
+
+
+def toy_quality(x: np.ndarray, n: int, pool) -> dict:
+    from discodiff.data import toy8, toy8_centres
+
+    floor, floor_m, truth_off = _toy_floors(n)
+    w, wm = pool.map(qm.w2, (x, x), (toy8(n, 40_001).x, _matched(x, 60_001)))
     return {"excess_w2": qm.excess(w, floor), "excess_w2_matched": qm.excess(wm, floor_m),
-            "excess_off_mode": max(qm.off_mode_share(x, centres, 3 * std) - truth_off, 0.0)}
+            "excess_off_mode": max(qm.off_mode_share(x, toy8_centres(3.0), 0.6) - truth_off, 0.0)}
 
 
 class ImageJudge:
@@ -142,10 +165,11 @@ class ImageJudge:
 def run_dataset(name: str, a) -> dict:
     t0 = time.time()
     calls = (4, 6, 8, 35) if a.quick else CALLS
-    fit_calls = [n for n in calls if n <= 16]
+    fit_calls = [n for n in calls if n <= a.fit_up_to]
     n = a.n or ((200 if name == "toy8" else 64) if a.quick else (4000 if name == "toy8" else 2000))
     judge = ImageJudge(16 if not a.quick else 8, n, a.quick) if name == "shapes" else None
     out = {"data": name, "n": n, "calls": list(calls), "models": {}}
+    pool = _pool() if name == "toy8" else None
     for variant, (run_dir, train_args) in model_specs(name, a.quick, a.work).items():
         bundle = ensure_bundle(Path(run_dir), train_args, a.quick)
         log(f"{name} {variant}: {bundle}")
@@ -174,7 +198,7 @@ def run_dataset(name: str, a) -> dict:
                     if sig is None or (k > 16 and (solver, schedule) not in BASELINES):   # 35 calls: the baselines
                         continue
                     x = ev.sample(solver, sig, n)
-                    q = toy_quality(x, n) if name == "toy8" else judge(x, ev.d.labels[:n])
+                    q = toy_quality(x, n, pool) if name == "toy8" else judge(x, ev.d.labels[:n])
                     rmse = next(r["teacher_rmse"] for r in grid if (r["solver"], r["schedule"], r["nfe"]) == (solver, schedule, k))
                     rows.append({"solver": solver, "schedule": schedule, "nfe": k, "teacher_rmse": rmse, **q,
                                  "ms_per_sample": ev.latency_ms(solver, sig)})
@@ -185,6 +209,8 @@ def run_dataset(name: str, a) -> dict:
                                                for (s, k), f in fitted.items()}}
         finally:
             ev.close()
+    if pool is not None:
+        pool.shutdown()
     if judge is not None:
         out.update(classifier_accuracy=judge.acc, fd_floor=judge.floor)
     out["targets"] = targets(out)
@@ -198,6 +224,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=None, help="samples per quality row (default 4000 toy8, 2000 shapes)")
     ap.add_argument("--n-teacher", type=int, default=256, help="samples for the teacher RMSE")
     ap.add_argument("--n-cal", type=int, default=64, help="calibration samples for the fitted schedules")
+    ap.add_argument("--fit-up-to", type=int, default=16,
+                    help="fit schedules for call counts up to this (each fit costs ~8 x calls^2 denoiser calls)")
     ap.add_argument("--refine", type=int, default=1, help="coordinate-descent sweeps per move size in the fit")
     ap.add_argument("--fd-solvers", type=int, default=3, help="shapes: the best solvers given FD_cls rows")
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
