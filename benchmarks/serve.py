@@ -208,17 +208,28 @@ def soak(bundle: Path, port_grpc: int, n: int, params: dict) -> dict:
             expect.update(zip(chunk.tolist(), h.outputs(x, tok, [""] * len(chunk))["sample"]))
     crashes = sum(e is not None for _, _, e in results)
     wrong = answered_errors = 0
+    diffs = []                                 # (max |level difference|, pixels differing) per inexact answer
     for i, r, e in results:
         if e is not None:
             continue
         kind, seed = sent[i][:2]
         msg = r.as_numpy("error")[0, 0]
         if kind == "ok":
-            wrong += bool(msg) or not np.array_equal(r.as_numpy("sample")[0], expect[seed])
+            got = r.as_numpy("sample")[0]
+            if msg or got.shape != expect[seed].shape:
+                wrong += 1
+            elif not np.array_equal(got, expect[seed]):
+                d = np.abs(got.astype(np.float64) - expect[seed].astype(np.float64))
+                diffs.append((float(d.max()), int((d > 0).sum())))
         else:
             answered_errors += bool(msg)
+    # The server's batches (1..max batch) differ from the batches the expected samples were made in: ONNX
+    # Runtime's kernels may round differently at another batch size, which can move a uint8 level by one.
+    off_by_one = sum(m <= 1 for m, _ in diffs)
     return {"requests": n, "valid": sum(k == "ok" for k, *_ in sent), "malformed": sum(k != "ok" for k, *_ in sent),
-            "transport_errors": crashes, "valid_wrong": wrong, "malformed_answered_with_error": answered_errors}
+            "transport_errors": crashes, "valid_wrong": wrong + len(diffs) - off_by_one,
+            "valid_one_level_off": off_by_one, "inexact_detail": diffs,
+            "malformed_answered_with_error": answered_errors}
 
 
 def main() -> int:
@@ -239,7 +250,7 @@ def main() -> int:
         return 2
     conc = [int(c) for c in a.concurrency.split(",")]
     if a.quick:
-        conc, a.seconds, a.soak = [1, 4], 3.0, 200
+        conc, a.seconds, a.soak = [1, 4], 2.0, 120
     params = {"nfe": a.nfe} if a.nfe else {}
     print("direct runtime ...", flush=True)
     dirs = direct(a.bundle, sorted({min(c, a.max_batch) for c in conc}), params, 3 if a.quick else 7)
@@ -286,8 +297,10 @@ def targets(rep: dict) -> list[dict]:
         out.append({"target": "concurrency 1: added latency over a direct batch-1 run <= 5 ms (p50)", "value": added,
                     "met": added <= 5})
     s = rep["soak"]
-    out.append({"target": f"{s['requests']} mixed requests: zero crashes, every valid response correct",
-                "value": s["transport_errors"] + s["valid_wrong"], "met": s["transport_errors"] == 0 and s["valid_wrong"] == 0
+    off = s.get("valid_one_level_off", 0)
+    out.append({"target": f"{s['requests']} mixed requests: zero crashes, every valid response byte-identical",
+                "value": s["transport_errors"] + s["valid_wrong"] + off,
+                "met": s["transport_errors"] == 0 and s["valid_wrong"] == 0 and off == 0
                 and s["malformed_answered_with_error"] == s["malformed"] and rep["server_exit_code"] == 0})
     return out
 
@@ -303,7 +316,8 @@ def report(rep: dict) -> str:
                                                 f"({r['ms_per_batch']:.1f} ms)" for r in rep["direct"]))
     s = rep["soak"]
     lines.append(f"soak: {s['requests']} requests ({s['valid']} valid, {s['malformed']} malformed): {s['transport_errors']} "
-                 f"transport errors, {s['valid_wrong']} wrong valid answers, {s['malformed_answered_with_error']} malformed "
+                 f"transport errors, {s['valid_wrong']} wrong valid answers, {s.get('valid_one_level_off', 0)} valid answers with "
+                 f"some pixel one level off, {s['malformed_answered_with_error']} malformed "
                  f"answered with an error message; server exit code {rep['server_exit_code']}")
     lines += [f"[{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']:.3g}" for t in rep["targets"]]
     return "\n".join(lines)
