@@ -297,7 +297,7 @@ def main() -> int:
     print(text)
     a.out_dir.mkdir(parents=True, exist_ok=True)
     stem = a.out_dir / f"latency-{machine}{'-quick' if a.quick else '-demo' if a.demo else ''}"
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(report, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
     atomic_write_text(stem.with_suffix(".txt"), text + "\n")
     chart(report, stem.with_suffix(".png"))
     print(f"\nwrote {stem}.json, .txt and .png")
