@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 CALLS = (4, 5, 6, 8, 10, 12, 16, 35)
 SCHEDULES = ("edm", "logsnr", "fitted")
 BASELINES = (("heun", "edm"), ("euler", "edm"))
+TOY_RADIUS, TOY_STD = 3.0, 0.2         # the toy8 preset's mixture: off-mode means farther than 3 std
 MODELS = {  # data set -> variant -> (run directory under --work, train arguments when missing)
     "toy8": {"disco": ("toy8-disco", ["--preset", "toy8"]), "plain": ("toy8-plain", ["--preset", "toy8", "--latents", "0"])},
     "shapes": {"disco": ("../shapes", []), "plain": ("shapes-plain", ["--latents", "0"])},   # the demo's run is DisCo
@@ -109,32 +110,26 @@ def _toy_floors(n: int) -> tuple[float, float, float]:
     """Truth-vs-truth W2, its count-matched twin and the truth's own off-mode share at this n (per n once)."""
     from discodiff.data import toy8, toy8_centres
 
-    centres, std = toy8_centres(3.0), 0.2
+    centres = toy8_centres(TOY_RADIUS)
     first = toy8(n, 10_001).x
     with _pool() as pool:                     # exact W2 is one single-threaded assignment: one per core
-        floor, floor_m = pool.map(qm.w2, (first, first), (toy8(n, 20_001).x, _matched(first, 50_001)))
-    return floor, floor_m, qm.off_mode_share(toy8(n, 30_001).x, centres, 3 * std)
+        floor, floor_m = pool.map(qm.w2, (first, first),
+                                  (toy8(n, 20_001).x, qm.matched_reference(first, centres, TOY_STD, 50_001)))
+    return floor, floor_m, qm.off_mode_share(toy8(n, 30_001).x, centres, 3 * TOY_STD)
 
 
 def _pool() -> ProcessPoolExecutor:
     return ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _matched(y: np.ndarray, seed: int) -> np.ndarray:
-    """A reference redrawn with y's own per-mode counts (removes the count noise from W2)."""
-    from discodiff.data import toy8_centres
-
-    centres = toy8_centres(3.0)
-    return centres[qm.nearest(y, centres)[0]] + 0.2 * np.random.default_rng(seed).standard_normal(y.shape)
-
-
 def toy_quality(x: np.ndarray, n: int, pool) -> dict:
     from discodiff.data import toy8, toy8_centres
 
     floor, floor_m, truth_off = _toy_floors(n)
-    w, wm = pool.map(qm.w2, (x, x), (toy8(n, 40_001).x, _matched(x, 60_001)))
+    centres = toy8_centres(TOY_RADIUS)
+    w, wm = pool.map(qm.w2, (x, x), (toy8(n, 40_001).x, qm.matched_reference(x, centres, TOY_STD, 60_001)))
     return {"excess_w2": qm.excess(w, floor), "excess_w2_matched": qm.excess(wm, floor_m),
-            "excess_off_mode": max(qm.off_mode_share(x, toy8_centres(3.0), 0.6) - truth_off, 0.0)}
+            "excess_off_mode": max(qm.off_mode_share(x, centres, 3 * TOY_STD) - truth_off, 0.0)}
 
 
 class ImageJudge:

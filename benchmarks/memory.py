@@ -14,16 +14,15 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from discodiff.atomic import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from child import measured  # noqa: E402
 from latency import machine_name  # noqa: E402
 
 
@@ -31,15 +30,10 @@ def peak_of_run(bundle: Path, n: int, batch: int, work: Path) -> dict:
     out = work / f"out-{n}"
     cmd = [str(Path(sys.executable).parent / "discodiff-run"), "--bundle", str(bundle), "--n", str(n), "--batch",
            str(batch), "--solver", "euler", "--steps", "1", "--out", str(out), "--quiet"]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"discodiff-run --n {n} failed: {proc.stderr.read().decode()[-500:]}")
+    run = measured(cmd)
     files = sum(1 for _ in os.scandir(out))
     shutil.rmtree(out)
-    return {"n": n, "peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": wall, "files": files}
+    return {"n": n, "peak_rss_mib": run["peak_rss_mib"], "wall_s": run["wall_s"], "files": files}
 
 
 def main() -> int:

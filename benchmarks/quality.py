@@ -91,8 +91,7 @@ def toy_eval(models: dict, truth, n: int, seeds: list[int], grid: list[tuple[str
         # drops out and what is left measures the shape of each mode. Its floor: truth vs truth redrawn
         # with the first set's counts.
         def matched_ref(x, seed):
-            comp = qm.nearest(x, centres)[0]
-            return centres[comp] + TOY_STD * np.random.default_rng(seed).standard_normal(x.shape)
+            return qm.matched_reference(x, centres, TOY_STD, seed)
 
         first = {s: truth(n, 10_000 + s) for s in seeds}       # the first set of each floor pair above
         floors_m = [qm.w2(first[s], matched_ref(first[s], 50_000 + s)) for s in seeds]

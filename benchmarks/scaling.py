@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,20 +27,10 @@ from discodiff.atomic import atomic_savefig, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from child import measured as child  # noqa: E402
 from latency import machine_name  # noqa: E402
 
 BIN = Path(sys.executable).parent
-
-
-def child(cmd: list[str]) -> dict:
-    """Run a command; its wall time and peak RSS (MiB), from wait4."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} failed: {err[-1500:]}")
-    return {"wall_s": time.perf_counter() - t0, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": out}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,10 +138,7 @@ def run_size(name: str, a, rate_gflops: float) -> dict:
     facts = model_facts(ckpt)
     print(f"{name}: {facts['params']['denoiser'] / 1e6:.1f} M denoiser parameters, {facts['gflop_per_call']:.2f} GFLOP "
           f"per call; exporting ...", flush=True)
-    if bundle.exists():
-        import shutil
-
-        shutil.rmtree(bundle)
+    # an earlier bundle there is replaced by discodiff-export itself, which refuses a folder it did not write
     exp = child([str(BIN / "discodiff-export"), "--checkpoint", str(ckpt), "--out", str(bundle), "--max-batch", "4",
                  "--opt-batch", "1"])
     man = json.loads((bundle / "manifest.json").read_text())
