@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -55,6 +56,8 @@ def fit_into_bundle(man, counts, solver: str, threads: int | None, log) -> dict:
     """Fit, merge into the manifest, check it, write it atomically; returns the new raw manifest."""
     from discodiff.runtime.manifest import MANIFEST, Manifest
 
+    with tempfile.NamedTemporaryFile(dir=man.bundle, prefix=".discodiff-fit-probe-"):
+        pass                                             # an unwritable bundle fails now, not after the fit
     raw = with_fits(man.raw, fit_bundle(man, counts, solver, threads=threads, log=log))
     Manifest.from_dict(man.bundle, raw)                  # the runtime's own schema check first
     atomic_write_text(man.bundle / MANIFEST, json.dumps(raw, indent=2) + "\n")

@@ -90,3 +90,15 @@ def test_a_full_disk_while_writing_the_manifest_keeps_the_old_one(fitted, tmp_pa
     rc, _, err = call(capsys, fit_cli, "--bundle", b, "--nfe", "5", "--solver", "euler", "--quiet")
     assert hit and rc == 1 and "No space left on device" in err and len(err.strip().splitlines()) == 1
     assert tree_state(b) == before
+
+
+def test_a_read_only_bundle_fails_in_one_line_before_fitting(tiny, small_fs, capsys):
+    import subprocess
+
+    b = copy_tree(tiny.bundle("toy8"), small_fs / "bundle")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    before = tree_state(small_fs)
+    rc, out, err = call(capsys, fit_cli, "--bundle", b, "--nfe", "4")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc != 0 and len(lines) == 1 and "Read-only file system" in lines[0], err
+    assert "fitting" not in out + err and tree_state(small_fs) == before
