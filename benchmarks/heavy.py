@@ -1,8 +1,9 @@
 """A second heavy process for the shared-core rows of benchmarks/latency.py: the default shapes
-training step (forward, backward, fused Adam) in a loop with torch's default threads, as a training
-run next to a sampler would be. Until SIGTERM; then writes its step timeline to --json.
+training step (forward, backward, fused Adam) in a loop under discodiff-train's thread policy
+(discodiff/train/threads.py: the free cores at start, kept; or --share-cores, re-decided between steps),
+as a training run next to a sampler would be. Until SIGTERM; then writes its step timeline to --json.
 
-    python benchmarks/heavy.py --json out.json
+    python benchmarks/heavy.py --json out.json [--share-cores]
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
+    ap.add_argument("--share-cores", action="store_true", help="as discodiff-train --share-cores")
     a = ap.parse_args()
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -24,6 +26,9 @@ def main() -> None:
     from discodiff.losses import sample_sigma
     from discodiff.networks import DisCoDiff
     from discodiff.train.loop import Stage1, step_generator
+    from discodiff.train.threads import choose
+
+    policy = choose(None, a.share_cores).apply()
 
     _, cfg, _ = presets.get("shapes")
     torch.manual_seed(0)
@@ -43,6 +48,7 @@ def main() -> None:
         opt.step()
         step += 1
         times.append(time.time())
+        policy.between_steps()
     with open(a.json, "w") as f:
         json.dump({"step_times": times}, f)
 

@@ -7,10 +7,15 @@ convention: copy them (tests.helpers.copy_tree) before changing anything.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+
+# One CPU thread for every trainer the tests start, in process or not (discodiff/train/threads.py reads it):
+# the tiny models gain nothing from more, and a fixed count keeps their weights independent of the load.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 from tests.helpers import MAX_BATCH, OPT_BATCH, PRESETS, export_cli, torch_threads, train_cli
 

@@ -20,6 +20,7 @@ from discodiff import presets, rundir
 from discodiff.cli_util import CONTEXT, FloatRange, IntRange, main_for, run
 from discodiff.config import DataSpec, ModelConfig, TrainConfig, check_model, check_train, from_dict, replace, to_dict
 from discodiff.errors import UserError
+from discodiff.runtime.cpu import cores
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> str:
@@ -95,6 +96,10 @@ def _build(preset: str | None, data: str | None, resolution: int) -> tuple[dict,
               help="After warm-up: constant, or cosine decay to 0 at the last step (both stages).")
 @click.option("--seed", type=IntRange(0, 2**62), default=None, help="Training seed.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=IntRange(1, cores()), default=None,
+              help="CPU threads (default: the free cores at start, kept for the run; --resume reuses the saved count).")
+@click.option("--share-cores", is_flag=True, help="Re-decide the CPU threads between steps from the machine's load "
+              "(faster next to a sampler; the weights then depend on the load, so resume is no longer bit-exact).")
 # run directory and outputs
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory (default: runs/<preset>).")
 @click.option("--sample-every", type=IntRange(min=0), default=None, help="Write a sample grid every N steps.")
@@ -107,7 +112,8 @@ def _build(preset: str | None, data: str | None, resolution: int) -> tuple[dict,
 @click.option("--dry-run", is_flag=True, help="Print the resolved options as JSON and stop.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(preset, data, resolution, m, k, gumbel_tau, straight_through, latent_dropout, steps, prior_steps, batch,
-            lr, lr_schedule, seed, device, out, sample_every, save_every, resume, overwrite, init_only, dry_run, quiet):
+            lr, lr_schedule, seed, device, threads, share_cores, out, sample_every, save_every, resume, overwrite,
+            init_only, dry_run, quiet):
     """Train a DisCo-Diff model: stage 1 denoiser + encoder, stage 2 autoregressive prior.
 
     Writes to --out: model.safetensors (EMA weights + config), train_state.safetensors (for --resume),
@@ -175,7 +181,7 @@ def command(preset, data, resolution, m, k, gumbel_tau, straight_through, latent
                        f"m={model.m} latents x k={model.k} codes, {train.steps} + {train.prior_steps} steps "
                        f"on {d.device} x{d.world} -> {out}", err=True)
         path = train_fn(out, ds, model, train, d, options, resume=resume, progress=not quiet,
-                        resume_hint=f"discodiff-train --out {out} --resume")
+                        resume_hint=f"discodiff-train --out {out} --resume", threads=threads, share_cores=share_cores)
         if d.main and not quiet:
             click.echo(f"wrote {path}, {out / 'samples.png'} and {out / 'loss.png'}", err=True)
     finally:

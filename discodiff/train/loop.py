@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from discodiff.train.metrics import MetricsLog
 from discodiff.train.plots import save_loss_curve
 from discodiff.train.runner import StageRunner
 from discodiff.train.samples import save_final_samples, save_progress_samples
+from discodiff.train import threads as thread_policy
 from discodiff.train.signals import StopSignals
 
 
@@ -48,11 +50,12 @@ class TrainState:
     opt2: torch.optim.Optimizer | None
     step1: int = 0
     step2: int = 0
+    threads: int = 0     # CPU threads the run computes with (0: unknown); --resume reuses it (threads.py)
 
     def save(self, path: Path) -> None:
         ckpt.save_state(path, {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                                "opt1": self.opt1.state_dict(), "opt2": self.opt2.state_dict() if self.opt2 else None,
-                               "step1": self.step1, "step2": self.step2})
+                               "step1": self.step1, "step2": self.step2, "threads": self.threads})
 
     def load(self, path: Path, tc: TrainConfig) -> None:
         prior_init = copy.deepcopy(self.model.prior.state_dict()) if self.model.prior is not None else None
@@ -62,6 +65,7 @@ class TrainState:
             self.ema.load_state_dict(st["ema"])
             self.opt1.load_state_dict(st["opt1"])
             self.step1, self.step2 = int(st["step1"]), int(st["step2"])
+            self.threads = int(st.get("threads") or 0)   # states saved before the thread policy have none
             if self.step1 < tc.steps:
                 # Stage 1 goes on, so the tokens change: the prior restarts from its initial weights and a
                 # fresh optimiser, exactly as in a run that never stopped.
@@ -222,7 +226,8 @@ def run_stage2(st: TrainState, runner: StageRunner, ds: Dataset, cfg: ModelConfi
 
 
 def train(out: Path, ds: Dataset, cfg: ModelConfig, tc: TrainConfig, dist: Dist, options: dict,
-          resume: bool = False, progress: bool = True, resume_hint: str | None = None) -> Path:
+          resume: bool = False, progress: bool = True, resume_hint: str | None = None,
+          threads: int | None = None, share_cores: bool = False) -> Path:
     """Run (or resume) both stages; returns the path of the written model checkpoint. Signals stop it at
     a step boundary with the state saved (`Stopped`)."""
     out = Path(out)
@@ -243,6 +248,10 @@ def train(out: Path, ds: Dataset, cfg: ModelConfig, tc: TrainConfig, dist: Dist,
             reclaim(out, f".{name.rsplit('.', 1)[0]}.")
     if resume:
         st.load(files[rundir.STATE_FILE], tc)
+    policy = thread_policy.choose(threads, share_cores, saved=st.threads or None).apply()
+    st.threads = policy.threads
+    if dist.main and progress:
+        print(f"cpu threads: {policy.reason}", file=sys.stderr, flush=True)
     if dist.main:  # the run's marker first (on resume it records the new step counts), then the log
         atomic_write_text(files[rundir.OPTIONS_FILE], json.dumps(options, indent=2) + "\n")
     if resume:
@@ -257,7 +266,8 @@ def train(out: Path, ds: Dataset, cfg: ModelConfig, tc: TrainConfig, dist: Dist,
     hint = resume_hint or f"discodiff-train --out {out} --resume"
     with StopSignals() as stop:
         runner = StageRunner(log=log, save=save, stop=stop, dist=dist, log_every=tc.log_every,
-                             save_every=tc.save_every, progress=progress, resume_hint=hint)
+                             save_every=tc.save_every, progress=progress, resume_hint=hint,
+                             between=policy.between_steps if policy.share else None)
         run_stage1(st, runner, ds, cfg, tc, dist, out)
         runner.check_stop("stage 1")
         if model.prior is not None:

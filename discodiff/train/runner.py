@@ -15,8 +15,9 @@ from discodiff.train.signals import StopSignals, Stopped
 
 class StageRunner:
     def __init__(self, *, log: MetricsLog, save: Callable[[], None], stop: StopSignals, dist, log_every: int,
-                 save_every: int, progress: bool, resume_hint: str):
+                 save_every: int, progress: bool, resume_hint: str, between: Callable[[], None] | None = None):
         self.log, self.save, self.stop, self.dist = log, save, stop, dist
+        self.between = between            # called after every step (threads.ThreadPolicy.between_steps)
         self.log_every, self.save_every, self.progress = log_every, save_every, progress
         self.resume_hint = resume_hint
         self.t0 = time.time()
@@ -62,6 +63,8 @@ class StageRunner:
                     self.save()
                 if after is not None:
                     after(step)
+                if self.between is not None:
+                    self.between()
                 if step < total:
                     self.check_stop(f"stage {stage} step {step}")
         return step

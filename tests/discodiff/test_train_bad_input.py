@@ -73,6 +73,8 @@ def cases(tmp_path) -> dict[str, list[str]]:
         "latent-dropout nan": ["--preset", "toy8-tiny", "--latent-dropout", "nan"],
         "steps superscript": ["--preset", "toy8-tiny", "--steps", "\u00b2"],
         "seed int64 max": ["--preset", "toy8-tiny", "--seed", "9223372036854775807"],
+        "threads 0": ["--preset", "toy8-tiny", "--threads", "0"],
+        "threads past the cores": ["--preset", "toy8-tiny", "--threads", "100000"],
     }
 
 
@@ -80,7 +82,8 @@ CASE_NAMES = ["unknown preset", "missing data", "missing data folder", "empty fo
               "garbage png among good ones", "npy 1-D", "npy 3-D", "steps 0", "steps -1", "prior-steps 0",
               "resume nothing", "preset and data", "resolution with a preset", "float32 tiff as png",
               "zip huge label", "zip label for missing file", "zip label not int", "zip negative label", "lr inf",
-              "lr nan", "gumbel-tau nan", "latent-dropout nan", "steps superscript", "seed int64 max"]
+              "lr nan", "gumbel-tau nan", "latent-dropout nan", "steps superscript", "seed int64 max", "threads 0",
+              "threads past the cores"]
 
 
 def _check(rc: int, err: str):

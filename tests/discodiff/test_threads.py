@@ -1,0 +1,94 @@
+"""discodiff-train's CPU thread policy (discodiff/train/threads.py): one count per run, chosen from the
+load at start and saved with the state, so --resume is bit-exact whatever the load is then; and
+--share-cores, which follows real load (a spinning process) between steps."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from discodiff import checkpoint as ckpt
+from discodiff import rundir
+from discodiff.runtime.cpu import cores
+from discodiff.train import threads
+from tests.helpers import train_cli as train
+
+MULTI = pytest.mark.skipif(cores() < 2, reason="needs 2 or more cores to vary the thread count")
+
+
+def test_explicit_then_saved_then_environment(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.choose(3, False, saved=2).threads == 3
+    p = threads.choose(None, False, saved=2)
+    assert p.threads == 2 and "saved" in p.reason
+    p = threads.choose(None, False)
+    assert p.threads == 1 and "OMP_NUM_THREADS" in p.reason
+    assert threads.choose(None, True, saved=2).share        # --share-cores re-decides, the saved count aside
+
+
+@pytest.fixture
+def spinner():
+    """A real process that keeps one core busy (what a second sampler or training run does)."""
+    procs = []
+
+    def start():
+        procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        time.sleep(0.5)
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+@MULTI
+def test_auto_takes_the_free_cores_at_start(monkeypatch, spinner):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    spinner()
+    p = threads.choose(None, False)
+    assert p.threads == cores() - 1 and not p.share, p.reason
+
+
+@MULTI
+def test_share_cores_gives_a_core_up_and_takes_it_back(monkeypatch, spinner):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    old = torch.get_num_threads()
+    try:
+        p = threads.choose(None, True).apply()
+        assert p.share and p.threads == cores(), p.reason
+
+        def steps(n=12):
+            for _ in range(n):
+                p.between_steps()
+                time.sleep(0.02)
+        spinner()
+        steps()
+        assert p.threads == cores() - 1 and torch.get_num_threads() == cores() - 1
+    finally:
+        torch.set_num_threads(old)
+
+
+@MULTI
+def test_resume_keeps_the_saved_thread_count(tmp_path, monkeypatch):
+    """A run trained with 2 threads and resumed where the environment says 1 thread ends bit-identical to
+    an uninterrupted 2-thread run; resumed with --threads 1 instead, it differs (the control: the count
+    matters for these weights)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    common = ("--preset", "shapes-tiny", "--quiet", "--prior-steps", "2")
+    straight = tmp_path / "straight"
+    assert train(*common, "--out", straight, "--steps", "6", "--threads", "2") == 0
+    finals = {}
+    for name, extra in (("saved", ()), ("forced", ("--threads", "1"))):
+        run = tmp_path / name
+        assert train(*common, "--out", run, "--steps", "2", "--threads", "2") == 0
+        assert ckpt.load_state(run / rundir.STATE_FILE)["threads"] == 2
+        assert train("--out", run, "--quiet", "--resume", "--steps", "6", *extra) == 0
+        finals[name] = load_file(str(run / "model.safetensors"))
+    ref = load_file(str(straight / "model.safetensors"))
+    den = [k for k in ref if k.startswith("denoiser.")]
+    assert all(torch.equal(ref[k], finals["saved"][k]) for k in den)
+    assert not all(torch.equal(ref[k], finals["forced"][k]) for k in den)
