@@ -79,7 +79,9 @@ class ModelEval:
         return float(np.sqrt(np.mean((x.astype(np.float64) - self.x0_teacher) ** 2)))
 
     def latency_ms(self, solver: str, sigmas: np.ndarray, batch: int = 32, repeats: int = 3) -> float:
-        """End to end (prior tokens + ODE) for `batch` samples, median of `repeats`, ms per sample."""
+        """End to end (prior tokens + ODE) for `batch` samples (at most the bundle's limit), median of
+        `repeats`, ms per sample."""
+        batch = min(batch, self.batch)
         d = draw(np.arange(batch), self.meta)
         sample_batch(self.model, d, solver=solver, sigmas=sigmas)       # warm-up
         ts = []

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -32,6 +33,7 @@ class ThreadPolicy:
     threads: int
     reason: str
     share: bool = False
+    probe: Callable[[], float] = field(default=lambda: busy_elsewhere(samples=1), repr=False)  # other runnable tasks now
     _recent: deque = field(default_factory=lambda: deque(maxlen=9), repr=False)
 
     def apply(self) -> "ThreadPolicy":
@@ -43,7 +45,7 @@ class ThreadPolicy:
         median of the last nine, so a momentary spike does not resize the pool."""
         if not self.share:
             return
-        self._recent.append(busy_elsewhere(samples=1))
+        self._recent.append(self.probe())
         if len(self._recent) < self._recent.maxlen:
             return
         want = max(1, cores() - int(round(sorted(self._recent)[len(self._recent) // 2])))

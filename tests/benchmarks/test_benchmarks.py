@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import copy_tree
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,8 +73,11 @@ def test_quality_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_frontier_quick(tmp_path):
+def test_frontier_quick(toy8_bundle, tmp_path):
     out = tmp_path / "results"
+    # the DisCo model: the session's tiny toy8 run and bundle (frontier.py trains and exports only what is
+    # missing); the plain model is trained and exported by the script itself
+    copy_tree(toy8_bundle.parent, tmp_path / "work" / "toy8-disco")
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--quick", "--only", "toy8",
                         "--work", str(tmp_path / "work"), "--out-dir", str(out)], capture_output=True, text=True,
                        timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
