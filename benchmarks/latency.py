@@ -38,14 +38,26 @@ FP32_ROWS = ("torch-eager", "torch-compile", "ort-fp32", "torch-cuda-fp32", "tor
 NFE = lambda steps: 2 * steps - 1  # noqa: E731 - Heun
 
 
+def cpu_isa() -> str:
+    """'avx512', 'avx2' or 'no-avx2': what PyTorch's and ONNX Runtime's CPU kernels can use here."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "no-avx2"
+
+
 def machine_name() -> str:
+    """CPU model + cores, e.g. amd-epyc-2c; without AVX-512 the ISA is added (amd-epyc-2c-avx2): the same
+    model name covers machines 2-3x apart."""
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1] for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
-    return f"{slug}-{os.cpu_count()}c"
+    isa = cpu_isa()
+    return f"{slug}-{os.cpu_count()}c" + ("" if isa in ("avx512", "unknown") else f"-{isa}")
 
 
 def cuda_info() -> dict | None:

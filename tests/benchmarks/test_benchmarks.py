@@ -117,3 +117,21 @@ def test_serve_quick(shapes_bundle, tmp_path):
     assert s["transport_errors"] == 0 and s["valid_wrong"] == 0 and s["valid_one_level_off"] == 0
     assert s["malformed_answered_with_error"] == s["malformed"]
     assert [x["concurrency"] for x in rep["load"]] == [1, 4] and rep["server_exit_code"] == 0
+
+
+def test_demo_timing_reads_the_readme_commands_phase_by_phase():
+    """benchmarks/demo_timing.py times exactly the README's two commands: its phases, joined again, are
+    those commands."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "demo_timing.py"), "--dry-run"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from demo_timing import readme_commands
+
+    cmds = readme_commands(ROOT / "README.md")
+    readme = (ROOT / "README.md").read_text()
+    for name in ("demo", "tests"):
+        assert "\n" + " && ".join(cmds[name]) + "\n" in readme
+        assert all(p in r.stdout for p in cmds[name])
+    assert any(p.startswith("discodiff-train") for p in cmds["demo"])
+    assert any("pytest" in p for p in cmds["tests"])
