@@ -79,7 +79,7 @@ def run_phases(phases: list[str], cwd: Path, log: Path, procs_file: Path | None)
     with open(log, "w") as f:
         rc = subprocess.run(["bash", "-c", pre + script], cwd=cwd, stdout=f, stderr=subprocess.STDOUT).returncode
     wall = time.time() - t0
-    marks = {int(m[1]): float(m[2]) for m in re.findall(rf"^{MARK} (\d+) ([\d.]+)$", log.read_text(), flags=re.M)}
+    marks = {int(i): float(t) for i, t in re.findall(rf"^{MARK} (\d+) ([\d.]+)$", log.read_text(), flags=re.M)}
     rows, last = [], t0
     for i, p in enumerate(phases):
         if i in marks:

@@ -135,3 +135,13 @@ def test_demo_timing_reads_the_readme_commands_phase_by_phase():
         assert all(p in r.stdout for p in cmds[name])
     assert any(p.startswith("discodiff-train") for p in cmds["demo"])
     assert any("pytest" in p for p in cmds["tests"])
+
+
+def test_demo_timing_times_each_phase_and_stops_at_a_failure(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from demo_timing import run_phases
+
+    r = run_phases(["sleep 0.3", "true", "false", "echo never"], tmp_path, tmp_path / "log", None)
+    assert r["rc"] == 1
+    s = [p["seconds"] for p in r["phases"]]
+    assert s[0] >= 0.3 and s[1] is not None and s[1] < 0.3 and s[2] is None and s[3] is None
