@@ -16,7 +16,7 @@ cpu.max): a stand-in for a slower machine, calibrated by that stage-1 rate. It s
 cores busy by about 2/F, single-threaded work by less (one thread may use up to F of a core), so it
 under-states a uniformly slower CPU for single-threaded phases. The results say which it was.
 
-Writes benchmarks/results/demo-timing-<machine>[-quota<F>].{json,txt}; the clone is removed afterwards
+Writes benchmarks/results/demo-timing-<machine>[-quota<F>, 0.87 as 0p87].{json,txt}; the clone is removed afterwards
 unless --keep.
 """
 from __future__ import annotations
@@ -160,9 +160,10 @@ def main() -> int:
         text = table(rep)
         print(text)
         a.out_dir.mkdir(parents=True, exist_ok=True)
-        stem = a.out_dir / f"demo-timing-{base}{f'-quota{a.cpu_quota:g}' if a.cpu_quota else ''}{'' if a.only == 'both' else '-' + a.only}"
-        atomic_write_text(stem.with_suffix(".json"), json.dumps(rep, indent=1) + "\n")
-        atomic_write_text(stem.with_suffix(".txt"), text + "\n")
+        quota = f"-quota{a.cpu_quota:g}".replace(".", "p") if a.cpu_quota else ""      # 0.87 -> quota0p87
+        stem = a.out_dir / f"demo-timing-{base}{quota}{'' if a.only == 'both' else '-' + a.only}"
+        atomic_write_text(Path(f"{stem}.json"), json.dumps(rep, indent=1) + "\n")
+        atomic_write_text(Path(f"{stem}.txt"), text + "\n")
         print(f"\nwrote {stem}.json and .txt")
         return 0 if all(r["rc"] == 0 for r in results.values()) else 1
     finally:
