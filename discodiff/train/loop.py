@@ -51,11 +51,13 @@ class TrainState:
     step1: int = 0
     step2: int = 0
     threads: int = 0     # CPU threads the run computes with (0: unknown); --resume reuses it (threads.py)
+    share: bool = False  # --share-cores: the count follows the load; a resumed run keeps doing so
 
     def save(self, path: Path) -> None:
         ckpt.save_state(path, {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                                "opt1": self.opt1.state_dict(), "opt2": self.opt2.state_dict() if self.opt2 else None,
-                               "step1": self.step1, "step2": self.step2, "threads": self.threads})
+                               "step1": self.step1, "step2": self.step2, "threads": self.threads,
+                               "share": self.share})
 
     def load(self, path: Path, tc: TrainConfig) -> None:
         prior_init = copy.deepcopy(self.model.prior.state_dict()) if self.model.prior is not None else None
@@ -66,6 +68,7 @@ class TrainState:
             self.opt1.load_state_dict(st["opt1"])
             self.step1, self.step2 = int(st["step1"]), int(st["step2"])
             self.threads = int(st.get("threads") or 0)   # states saved before the thread policy have none
+            self.share = bool(st.get("share", False))
             if self.step1 < tc.steps:
                 # Stage 1 goes on, so the tokens change: the prior restarts from its initial weights and a
                 # fresh optimiser, exactly as in a run that never stopped.
@@ -248,8 +251,8 @@ def train(out: Path, ds: Dataset, cfg: ModelConfig, tc: TrainConfig, dist: Dist,
             reclaim(out, f".{name.rsplit('.', 1)[0]}.")
     if resume:
         st.load(files[rundir.STATE_FILE], tc)
-    policy = thread_policy.choose(threads, share_cores, saved=st.threads or None).apply()
-    st.threads = policy.threads
+    policy = thread_policy.choose(threads, share_cores or st.share, saved=st.threads or None).apply()
+    st.threads, st.share = policy.threads, policy.share
     if dist.main and progress:
         print(f"cpu threads: {policy.reason}", file=sys.stderr, flush=True)
     if dist.main:  # the run's marker first (on resume it records the new step counts), then the log

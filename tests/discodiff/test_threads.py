@@ -104,3 +104,13 @@ def test_resume_keeps_the_saved_thread_count(tmp_path, monkeypatch):
     den = [k for k in ref if k.startswith("denoiser.")]
     assert all(torch.equal(ref[k], finals["saved"][k]) for k in den)
     assert not all(torch.equal(ref[k], finals["forced"][k]) for k in den)
+
+
+def test_a_share_cores_run_resumes_sharing(tmp_path, capfd):
+    run = tmp_path / "run"
+    assert train("--preset", "toy8-tiny", "--out", run, "--quiet", "--steps", "2", "--prior-steps", "1",
+                 "--share-cores") == 0
+    assert ckpt.load_state(run / rundir.STATE_FILE)["share"] is True
+    assert train("--out", run, "--resume", "--steps", "4") == 0
+    assert "--share-cores" in capfd.readouterr().err
+    assert ckpt.load_state(run / rundir.STATE_FILE)["share"] is True
