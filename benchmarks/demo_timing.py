@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from discodiff.atomic import atomic_write_text
+from discodiff.train.metrics import read_metrics
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -92,12 +93,8 @@ def run_phases(phases: list[str], cwd: Path, log: Path, procs_file: Path | None)
 
 def stage1_rate(run: Path) -> float | None:
     """Seconds per stage-1 step between steps 50 and 250 of a run's metrics.jsonl."""
-    try:
-        t = {r["step"]: r["time"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-             if r.get("stage") == 1}
-        return round((t[250] - t[50]) / 200, 4)
-    except (OSError, KeyError, ValueError):
-        return None
+    t = {r["step"]: r.get("time") for r in read_metrics(run / "metrics.jsonl") if r["stage"] == 1}
+    return round((t[250] - t[50]) / 200, 4) if t.get(50) is not None and t.get(250) is not None else None
 
 
 def table(rep: dict) -> str:

@@ -87,7 +87,7 @@ def targets(shared: dict) -> list[dict]:
         # auto and auto+share run the same runtime policy alone: both sets of runs are pooled (run-to-run
         # noise between identical configurations reached 24 % at batch 32 on the reference machine)
         auto_alone = float(np.median([t for r in by.values() if r["policy"].startswith("auto")
-                                      for t in r.get("alone_runs_ms", [r["alone_ms"]])]))
+                                      for t in r["alone_runs_ms"]]))
         out.append({"target": f"batch {b}: auto loses <= 15 % alone against the fastest fixed policy",
                     "value": auto_alone / best - 1, "met": bool(auto_alone <= 1.15 * best)})
         for name in ("auto", "auto+share"):

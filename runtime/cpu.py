@@ -68,12 +68,18 @@ def busy_elsewhere(samples: int = 5, interval: float = 0.008) -> float:
     return float(counts[len(counts) // 2])
 
 
+def free_cores(busy: float) -> int:
+    """The cores left for us when `busy` other tasks are runnable: all on an idle machine, else at least one."""
+    n = cores()
+    return n if busy < 1 else max(1, n - int(round(busy)))
+
+
 def plan_cpu(threads: int | None = None, spin: str = "auto", busy: float | None = None) -> CpuPlan:
     """The runtime's threads and spinning: explicit where given, else from the machine's load."""
     n = cores()
     busy = busy_elsewhere() if busy is None and spin == "auto" else (busy or 0.0)
     if threads is None:                 # only auto adapts the threads; on / off mean every core
-        threads = n if busy < 1 or spin != "auto" else max(1, n - int(round(busy)))
+        threads = free_cores(busy) if spin == "auto" else n
     spinning = spin == "on" or (spin == "auto" and busy < 1)
     reason = (f"{'auto' if spin == 'auto' else 'spin ' + spin}: {busy:g} other runnable task(s) on {n} core(s) at start"
               + (" (alone: all cores, spinning)" if busy < 1 else " (shared: free cores only, no spinning)"))

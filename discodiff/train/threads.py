@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from discodiff.runtime.cpu import busy_elsewhere, cores
+from discodiff.runtime.cpu import busy_elsewhere, cores, free_cores
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ThreadPolicy:
         self._recent.append(self.probe())
         if len(self._recent) < self._recent.maxlen:
             return
-        want = max(1, cores() - int(round(sorted(self._recent)[len(self._recent) // 2])))
+        want = free_cores(sorted(self._recent)[len(self._recent) // 2])
         if want != self.threads:
             self.threads = want
             torch.set_num_threads(want)
@@ -66,7 +66,7 @@ def choose(threads: int | None, share: bool, saved: int | None = None) -> Thread
     if env.isascii() and env.isdigit() and int(env) > 0 and not share:
         return ThreadPolicy(int(env), f"OMP_NUM_THREADS={env} from the environment")
     busy = busy_elsewhere()
-    free = n if busy < 1 else max(1, n - int(round(busy)))
+    free = free_cores(busy)
     where = f"{busy:g} other runnable task(s) on {n} core(s) at start"
     if share:
         return ThreadPolicy(free, f"--share-cores: follows the load between steps ({where})", True)
