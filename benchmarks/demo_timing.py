@@ -130,6 +130,14 @@ def main() -> int:
     if a.cpu_quota is not None and not 0.05 <= a.cpu_quota <= (os.cpu_count() or 1):
         print(f"demo_timing.py: error: --cpu-quota {a.cpu_quota} is outside 0.05..{os.cpu_count()} CPUs", file=sys.stderr)
         return 2
+    try:                                     # an unwritable --out-dir fails now, not after the runs
+        a.out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=a.out_dir, prefix=".demo-timing-probe-"):
+            pass
+    except OSError as e:
+        print(f"demo_timing.py: error: cannot write results to --out-dir {a.out_dir} ({e.strerror}); choose a "
+              "writable folder", file=sys.stderr)
+        return 2
     procs = None
     if a.cpu_quota:
         try:
@@ -156,7 +164,6 @@ def main() -> int:
                "commit": commit, "stage1_s_per_step": stage1_rate(clone / "runs" / "shapes"), "commands": results}
         text = table(rep)
         print(text)
-        a.out_dir.mkdir(parents=True, exist_ok=True)
         quota = f"-quota{a.cpu_quota:g}".replace(".", "p") if a.cpu_quota else ""      # 0.87 -> quota0p87
         stem = a.out_dir / f"demo-timing-{base}{quota}{'' if a.only == 'both' else '-' + a.only}"
         atomic_write_text(Path(f"{stem}.json"), json.dumps(rep, indent=1) + "\n")

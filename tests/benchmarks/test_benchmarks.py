@@ -145,3 +145,12 @@ def test_demo_timing_times_each_phase_and_stops_at_a_failure(tmp_path):
     assert r["rc"] == 1
     s = [p["seconds"] for p in r["phases"]]
     assert s[0] >= 0.3 and s[1] is not None and s[1] < 0.3 and s[2] is None and s[3] is None
+
+
+def test_demo_timing_refuses_an_unwritable_out_dir_before_any_run(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "demo_timing.py"), "--out-dir",
+                        str(blocker / "results")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--out-dir" in r.stderr
+    assert blocker.read_text() == "keep me" and "phases" not in r.stdout
