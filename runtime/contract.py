@@ -37,6 +37,12 @@ def null_label(num_classes: int) -> int:
     return num_classes
 
 
+def plain_name(name) -> bool:
+    """A file name that can only mean a file directly inside the bundle: no folder part, no parent."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name)
+
+
 class ContractError(ValueError):
     """A contract that does not hold together (raised while reading; callers turn it into one line)."""
 
@@ -198,8 +204,7 @@ class GraphSpec:
         _expect(isinstance(d, dict), where, "must be an object")
         for key in ("file", "sha256", "inputs", "outputs", "batch", "precision"):
             _expect(key in d, where, f"has no {key!r}")
-        _expect(isinstance(d["file"], str) and d["file"] and "/" not in d["file"] and d["file"] not in (".", ".."),
-                where, "file must be a plain file name inside the bundle")
+        _expect(plain_name(d["file"]), where, "file must be a plain file name inside the bundle")
         _expect(isinstance(d["sha256"], str) and len(d["sha256"]) == 64, where, "sha256 must be 64 hex digits")
         _expect(d["precision"] in ("fp32", "mixed-fp16"), where, f"unknown precision {d['precision']!r}")
         for kind in ("inputs", "outputs"):

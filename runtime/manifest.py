@@ -5,17 +5,26 @@ says what to do: not this toolkit's format or schema; a key missing or of the wr
 contracts that disagree with the model (data shape, m, k, classes); a file missing or not matching its
 sha256. The graph files' own inputs and outputs are compared with these contracts when a backend loads
 them; engine checks (TensorRT version, GPU) are made by the TensorRT backend.
+
+What is read (the threat model in the README): only files directly inside the bundle, named by plain
+names in the manifest (graphs, their external data, engines, the timing cache), each a regular file and
+not a symbolic link, each hashed before anything parses it; a graph that points ONNX Runtime at a data
+file the manifest does not declare is refused. The hashes prove the files are the ones the manifest
+names; they do not prove who wrote the manifest.
 """
 from __future__ import annotations
 
-import json
+import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from discodiff.atomic import sha256_file
 from discodiff.errors import UserError
-from discodiff.runtime.contract import GUIDANCE_BATCH, ContractError, GraphSpec, ModelMeta, _expect, _int
+from discodiff.jsonfile import parse_json
+from discodiff.runtime.contract import GUIDANCE_BATCH, ContractError, GraphSpec, ModelMeta, _expect, _int, plain_name
+from discodiff.runtime.onnx_refs import OnnxFormatError, external_locations
 from discodiff.runtime.schedule import SCHEDULES
 from discodiff.runtime.solvers import SOLVERS
 
@@ -25,6 +34,7 @@ MANIFEST = "manifest.json"
 REEXPORT = "re-export it with discodiff-export"
 MODEL_GRAPHS = ("encoder", "prior_step", "prior_recompute")   # present when m > 0
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MAX_MANIFEST_BYTES = 64 << 20       # real manifests are a few KB
 
 
 @dataclass
@@ -45,12 +55,13 @@ class Manifest:
         if not bundle.exists():
             raise UserError(f"bundle {bundle} does not exist; create it with discodiff-train then discodiff-export, "
                             "or pass --bundle")
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise UserError(f"{bundle} has no {MANIFEST}, so it is not a bundle; {REEXPORT}")
-        try:
-            raw = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError, OSError) as e:
-            raise UserError(f"{path} is not valid JSON ({' '.join(str(e).split())}); {REEXPORT}")
+        with open_inside(bundle, MANIFEST, "the manifest") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_MANIFEST_BYTES:
+                raise UserError(f"{path} is {size >> 20} MiB, far larger than any manifest; {REEXPORT}")
+            raw = parse_json(f.read(), str(path), REEXPORT)
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise UserError(f"{path} is not a DisCo-Diff bundle manifest; {REEXPORT}")
         if raw.get("schema") != SCHEMA:
@@ -84,23 +95,31 @@ class Manifest:
         for name, e in engines.items():
             _expect(isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("sha256"), str),
                     f"engines.{name}", "needs file and sha256")
+            _expect(plain_name(e["file"]) and e["file"] != MANIFEST, f"engines.{name}",
+                    f"file {e['file']!r} is not a plain file name inside the bundle")
+            _expect(SHA256_HEX.fullmatch(e["sha256"]) is not None, f"engines.{name}", "sha256 must be 64 hex digits")
+        cache = raw.get("timing_cache")
+        if cache is not None:
+            _expect(isinstance(cache, dict) and plain_name(cache.get("file")) and cache.get("file") != MANIFEST,
+                    "timing_cache", "file must be a plain file name inside the bundle")
         man = cls(bundle, meta, graphs, _check_sampling(raw["sampling"]), names, engines, raw)
         _check_graphs(man)
         return man
 
     def verify(self) -> None:
-        """Every file the manifest names exists and has its recorded sha256: graphs, their external data
-        files, engines."""
+        """Every file the manifest names is a regular file inside the bundle (no link) with its recorded
+        sha256: graphs, their external data files, engines; and no graph refers ONNX Runtime to a data
+        file the manifest does not declare for it."""
         for kind, entries in (("graph", {n: g.to_dict() for n, g in self.graphs.items()}), ("engine", self.engines)):
             for name, entry in entries.items():
-                files = {entry["file"]: entry["sha256"], **(entry.get("external_data", {}) if kind == "graph" else {})}
-                for file, digest in files.items():
-                    f = self.bundle / file
-                    if not f.is_file():
-                        raise UserError(f"{kind} {name}: {f} is missing from the bundle; {REEXPORT}")
-                    if sha256_file(f) != digest:
-                        raise UserError(f"{kind} {name}: {f} does not match its sha256 in the manifest (the file was "
-                                        f"changed or damaged); {REEXPORT}")
+                declared = entry.get("external_data", {}) if kind == "graph" else {}
+                for file, digest in {entry["file"]: entry["sha256"], **declared}.items():
+                    with open_inside(self.bundle, file, f"{kind} {name}") as f:
+                        if _sha256(f) != digest:
+                            raise UserError(f"{kind} {name}: {self.bundle / file} does not match its sha256 in the "
+                                            f"manifest (the file was changed or damaged); {REEXPORT}")
+                if kind == "graph":
+                    _check_locations(self.bundle / entry["file"], name, declared)
 
     # ----------------------------------------------------------------------------------- questions
     def graph(self, name: str) -> GraphSpec:
@@ -119,6 +138,46 @@ class Manifest:
         names |= {f for g in self.graphs.values() for f in g.info.get("external_data", {})}
         cache = self.raw.get("timing_cache")
         return names | ({cache["file"]} if isinstance(cache, dict) and "file" in cache else set())
+
+
+def open_inside(bundle: Path, file: str, what: str):
+    """`bundle/file` opened for reading if it is a regular file there and not a symbolic link (checked on
+    the opened descriptor, so nothing can swap it in between); else one UserError line. A FIFO or a
+    device is refused without blocking on it."""
+    path = Path(bundle) / file
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise UserError(f"{what}: {path} is missing from the bundle; {REEXPORT}") from None
+    except OSError as e:
+        if path.is_symlink():
+            raise UserError(f"{what}: {path} is a symbolic link; a bundle's files must be inside it, so it is not "
+                            f"read; replace the link by the file, or {REEXPORT}") from None
+        raise UserError(f"{what}: {path} cannot be read ({e.strerror}); {REEXPORT}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{what}: {path} is not a regular file; {REEXPORT}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _sha256(f, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    while block := f.read(chunk):
+        h.update(block)
+    return h.hexdigest()
+
+
+def _check_locations(path: Path, graph: str, declared: dict) -> None:
+    """The graph's external-data locations are exactly files the manifest declares (and hashed) for it."""
+    try:
+        locations = external_locations(path)
+    except (OnnxFormatError, OSError) as e:
+        raise UserError(f"graph {graph}: {path} is not a readable ONNX graph ({e}); {REEXPORT}") from None
+    for loc in sorted(locations):
+        if loc not in declared:
+            raise UserError(f"graph {graph}: {path.name} loads its weights from {loc!r}, which the manifest does not "
+                            f"declare (or hash) for it, so it is not loaded; {REEXPORT}")
 
 
 def load_manifest(bundle: Path, verify: bool = True) -> Manifest:
@@ -158,8 +217,7 @@ def _check_external_data(g: GraphSpec) -> None:
     _expect(isinstance(ext, dict) and ext, f"graphs.{g.name}.external_data",
             "must map the graph's weights files to their sha256")
     for file, digest in ext.items():
-        _expect(isinstance(file, str) and file not in ("", ".", "..", MANIFEST, g.file) and "/" not in file
-                and "\\" not in file and "\0" not in file, f"graphs.{g.name}.external_data",
+        _expect(plain_name(file) and file not in (MANIFEST, g.file), f"graphs.{g.name}.external_data",
                 f"{file!r} is not a plain file name inside the bundle")
         _expect(isinstance(digest, str) and SHA256_HEX.fullmatch(digest) is not None,
                 f"graphs.{g.name}.external_data", f"the sha256 of {file} must be 64 hex digits")
