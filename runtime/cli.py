@@ -23,11 +23,11 @@ from discodiff.cli_util import CONTEXT, FloatRange, IntRange, main_for, run
 from discodiff.errors import UserError
 from discodiff.runtime.bundle import BACKENDS, DEVICES, PRECISIONS, PRIORS
 from discodiff.runtime.cpu import SPIN, plan_cpu
+from discodiff.runtime.limits import MAX_CHURN, MAX_GUIDANCE, MAX_NFE, MAX_SEED, MAX_STEPS, MAX_TEMPERATURE
 from discodiff.runtime.plan import PLAN_SCHEDULES, PlanError, plan
 from discodiff.runtime.solvers import SOLVERS
 
 DEFAULT_BUNDLE = Path("runs") / "shapes" / "bundle"
-MAX_SEED = 2**62           # seeds + n stay far inside int64
 CORES = os.cpu_count() or 1
 
 
@@ -72,20 +72,21 @@ def parse_class(value: str | None, num_classes: int, names: list[str]) -> int | 
               help="Class index or name for every sample (default: drawn per sample from its seed).")
 @click.option("--shard", type=Shard(), default=None, help="Produce only shard i of N (i/N, 0-based).")
 # how: solver and guidance
-@click.option("--nfe", type=IntRange(1, 10_000), default=None,
-              help="Denoiser calls per sample: uses the schedule fitted for that many calls where the bundle has "
-                   "one (discodiff-fit), else --schedule's levels for that many calls.")
+@click.option("--nfe", type=IntRange(1, MAX_NFE), default=None,
+              help="Denoiser calls per sample, with the best setting measured for that many: the schedule fitted "
+                   "for them where the bundle has one (discodiff-fit), else the solver and schedule the frontier "
+                   "benchmark measured best without a fit (a line says which).")
 @click.option("--solver", type=click.Choice(SOLVERS), default=None,
               help="ODE solver (default: the fitted schedule's, else the bundle's).")
 @click.option("--schedule", type=click.Choice(PLAN_SCHEDULES), default=None,
               help="Noise levels: edm (rho=7), logsnr (uniform in log sigma) or fitted (needs --nfe).")
-@click.option("--steps", type=IntRange(1, 10_000), default=None,
+@click.option("--steps", type=IntRange(1, MAX_STEPS), default=None,
               help="Noise levels N (default: the bundle's). Heun uses 2N-1 evaluations, the others N.")
-@click.option("--churn", type=FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--churn", type=FloatRange(0, MAX_CHURN), default=0.0, show_default=True,
               help="EDM stochastic churn S_churn (heun/euler).")
-@click.option("--guidance", type=FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--guidance", type=FloatRange(0, MAX_GUIDANCE), default=1.0, show_default=True,
               help="Classifier-free guidance scale over the latents (1 = none).")
-@click.option("--temperature", type=FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--temperature", type=FloatRange(0, MAX_TEMPERATURE), default=1.0, show_default=True,
               help="Prior sampling temperature (0 = greedy).")
 @click.option("--top-k", type=IntRange(min=0), default=0, show_default=True, help="Keep the k most likely codes (0 = all).")
 @click.option("--prior", type=click.Choice(PRIORS), default="cache", show_default=True,
@@ -131,6 +132,10 @@ def command(bundle, n, seed, class_, shard, nfe, solver, schedule, steps, churn,
     if churn > 0 and p.solver not in ("heun", "euler"):
         raise UserError(f"--churn works with the heun and euler solvers only (this run uses {p.solver}); drop --churn "
                         "or pass --solver heun")
+    if top_k > man.meta.k:
+        raise UserError(f"--top-k {top_k} is above the model's {man.meta.k} codes; use 0 (all) to {man.meta.k}")
+    if p.note and not quiet:
+        click.echo(p.note, err=True)
     label = parse_class(class_, man.meta.num_classes, man.class_names)
     batch = batch or min(32, man.sampling_batch_max)
     if batch > man.sampling_batch_max:
@@ -151,7 +156,7 @@ def _sample(man, seeds, label, out, shard, quiet, opened, cpu, p, options: dict,
     from tqdm import tqdm
 
     from discodiff.runtime.output import RunWriter
-    from discodiff.runtime.sampling import iter_batches
+    from discodiff.runtime.sampling import iter_batches, nonfinite_rows
 
     steps, solver = p.steps, p.solver
     timing: dict = {}
@@ -162,6 +167,12 @@ def _sample(man, seeds, label, out, shard, quiet, opened, cpu, p, options: dict,
             t_start = time.perf_counter()
             for d, x, tok in iter_batches(opened.model, seeds, batch, class_label=label, timing=timing, solver=solver,
                                           sigmas=p.sigmas, callback=lambda i, x: bar.update(len(x)), **options):
+                bad = d.seeds[nonfinite_rows(x)]
+                if len(bad):   # nothing is written: the writer removes what it had when this leaves the block
+                    shown = ", ".join(str(s) for s in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                    raise UserError(f"{len(bad)} sample(s) came out non-finite (NaN or inf), seed(s) {shown}, with "
+                                    f"{solver} on {p.schedule}, guidance {options['guidance']}; nothing was written. "
+                                    "Lower --guidance or try another --solver; if it persists, re-export the bundle")
                 writer.add(d.seeds, x, tok, d.labels)
             total = time.perf_counter() - t_start
         calls = be.calls(opened.denoiser)

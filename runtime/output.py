@@ -53,6 +53,7 @@ class RunWriter:
     def __init__(self, out: Path, n: int, data_shape: tuple[int, ...], m: int, shard: tuple[int, int] | None = None):
         self.out, self.is_image = Path(out), len(data_shape) == 3
         self.suffix = shard_suffix(shard)
+        self.created = not self.out.exists()     # a failed run removes the folder it made, if still empty
         self.out.mkdir(parents=True, exist_ok=True)
         reclaim(self.out, TEMP_PREFIX)
         self.tmp = temp_dir(self.out, TEMP_PREFIX)
@@ -127,3 +128,6 @@ class RunWriter:
             with contextlib.suppress(OSError):   # closing flushes; on a full disk that fails too
                 part.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.created:
+            with contextlib.suppress(OSError):   # not empty: the run finished, or someone else writes there
+                self.out.rmdir()

@@ -2,9 +2,11 @@
 from the options given, the bundle's defaults and the schedules fitted to its model.
 
     --steps N                 N levels of the schedule (EDM rho by default); calls = nfe(solver, N)
-    --nfe N                   exactly N calls: the schedule fitted for N if the bundle has one (its
-                              solver unless --solver says otherwise), else the named schedule
-    --schedule edm|logsnr|fitted   and --solver: any combination
+    --nfe N                   the best setting measured for N calls: the schedule fitted for N if the
+                              bundle has one (its solver unless --solver says otherwise), else the
+                              solver x schedule the frontier benchmark measured best without a fit
+                              (UNFITTED_BEST; --solver / --schedule override either half)
+    --schedule edm|logsnr|fitted   and --solver: any combination, except settings measured to fail
 
 Shared by `discodiff-run` and the server; a request that cannot be met raises `PlanError` with one line
 that says what to do.
@@ -27,12 +29,40 @@ class PlanError(ValueError):
     """A request the bundle cannot serve (one line: what, why, what to do)."""
 
 
+# The best training-free setting at each measured call count, where the bundle has no fit for it:
+# benchmarks/results/frontier_{shapes,toy8}.json, teacher RMSE of every solver x {edm, logsnr} on the DisCo
+# and plain models of both data sets; the entry minimises the worst ratio to that count's best row over the
+# four models (in brackets). A count between two measured ones takes the lower one's entry; below the
+# lowest nothing was measured, so it needs a fit. tests/runtime/test_plan.py recomputes this table from
+# the results files, so a re-run of the frontier benchmark that changes it fails until it is updated.
+UNFITTED_BEST: dict[int, tuple[str, str]] = {
+    4: ("euler", "edm"),       # [1.35x]   ipndm/edm 1.37x
+    5: ("ipndm", "edm"),       # [1.25x]   euler/edm 1.31x
+    6: ("dpm2m", "logsnr"),    # [1.74x]   ipndm/logsnr 1.88x
+    8: ("dpm2m", "logsnr"),    # [1.73x]   dpm2m/edm 2.50x
+    10: ("dpm2m", "logsnr"),   # [1.51x]   unipc/logsnr 1.58x
+    12: ("unipc", "logsnr"),   # [2.74x]   dpm2m/logsnr 3.23x
+    16: ("unipc", "logsnr"),   # [3.08x]   dpm3m/logsnr 3.25x
+    35: ("dpm3m", "logsnr"),   # [2.29x]   unipc/logsnr 2.35x
+}
+# Settings measured to fail: Heun on 3 EDM levels (5 calls) gave teacher RMSE 3.6 on shapes and 6.5 on
+# toy8 (data std 0.5: the samples are noise), in the same results files. Fewer levels are worse still.
+HEUN_MIN_STEPS = 4
+
+
+def unfitted_best(nfe: int) -> tuple[str, str] | None:
+    """(solver, schedule) measured best for `nfe` calls without a fit; None below the lowest measured count."""
+    counts = [c for c in UNFITTED_BEST if c <= nfe]
+    return UNFITTED_BEST[max(counts)] if counts else None
+
+
 @dataclass(frozen=True)
 class Plan:
     solver: str
     schedule: str
     sigmas: np.ndarray          # float64 levels ending in 0
     nfe: int                    # denoiser calls per sample
+    note: str = ""              # one line for the user when the request was mapped (which setting, how to fit)
 
     @property
     def steps(self) -> int:
@@ -54,8 +84,8 @@ def plan(meta: ModelMeta, sampling: dict, *, solver: str | None = None, schedule
         raise PlanError(f"unknown schedule {schedule!r}; choose one of {', '.join(PLAN_SCHEDULES)}")
     if steps is not None and nfe is not None:
         raise PlanError("give the number of levels (steps) or of denoiser calls (nfe), not both")
-    if schedule is None:
-        schedule = "fitted" if nfe is not None and str(nfe) in fitted else sampling.get("schedule", "edm")
+    if schedule is None and nfe is not None and str(nfe) in fitted:
+        schedule = "fitted"
     if schedule == "fitted":
         if nfe is None:
             if steps is not None:
@@ -69,14 +99,29 @@ def plan(meta: ModelMeta, sampling: dict, *, solver: str | None = None, schedule
         solver = solver or fit["solver"]
         sigmas = np.asarray(fit["sigmas"], np.float64)
         return Plan(solver, "fitted", sigmas, solver_nfe(solver, len(sigmas) - 1))
-    solver = solver or sampling["solver"]
+    note = ""
     if nfe is not None:
+        best = unfitted_best(nfe)
+        if best is None and (solver is None or schedule is None):
+            raise PlanError(f"no setting was measured below {min(UNFITTED_BEST)} denoiser calls without a fitted "
+                            f"schedule, so --nfe {nfe} has no known good choice; "
+                            + FIT_HINT.format(bundle=bundle, n=nfe) + ", or name --solver and --schedule")
+        if best is not None:
+            solver, schedule = solver or best[0], schedule or best[1]
+        note = (f"{nfe} calls: {solver} on {schedule} levels (no schedule fitted for {nfe} calls; "
+                + FIT_HINT.format(bundle=bundle, n=nfe) + " for a better one)")
         try:
             steps = steps_for(solver, nfe)
         except ValueError as e:
             raise PlanError(f"{e}; or choose a solver with one call per level: euler, dpm2m, dpm3m, ipndm, unipc") from None
+    solver = solver or sampling["solver"]
+    schedule = schedule or sampling.get("schedule", "edm")
     steps = steps or sampling["steps"]
     if steps < 1:
         raise PlanError("steps must be >= 1")
+    if solver == "heun" and steps < HEUN_MIN_STEPS:
+        raise PlanError(f"heun on {steps} levels ({solver_nfe(solver, steps)} calls) was measured to give noise, not "
+                        f"samples; use at least {HEUN_MIN_STEPS} levels ({solver_nfe(solver, HEUN_MIN_STEPS)} calls), "
+                        "or another solver (e.g. --solver dpm2m)")
     sigmas = schedule_steps(schedule, steps, meta.sigma_min, meta.sigma_max, meta.rho)
-    return Plan(solver, schedule, sigmas, solver_nfe(solver, steps))
+    return Plan(solver, schedule, sigmas, solver_nfe(solver, steps), note)

@@ -86,6 +86,13 @@ def sample_batch(model, draws: Draws, *, steps: int = 18, solver: str = "heun", 
     return x, np.asarray(tokens, np.int32)
 
 
+def nonfinite_rows(x: np.ndarray) -> np.ndarray:
+    """bool [B]: the samples of x [B, ...] holding a NaN or an infinity. Such a sample is never written or
+    returned as a success (a huge guidance scale, a damaged graph): callers fail it, naming its seed."""
+    x = np.asarray(x)
+    return ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+
+
 def iter_batches(model, seeds, batch: int, *, class_label: int | None = None,
                  **options) -> Iterator[tuple[Draws, np.ndarray, np.ndarray]]:
     """Sample `seeds` in batches of `batch`, drawing each batch's randomness when it is reached (memory does

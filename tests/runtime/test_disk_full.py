@@ -13,7 +13,7 @@ import pytest
 from discodiff.runtime import output
 from tests.helpers import call, enospc, fill_to, raise_enospc, run_cli, tree_state, unwritable
 
-ARGS = ("--n", 40, "--batch", 8, "--steps", 3, "--quiet")
+ARGS = ("--n", 40, "--batch", 8, "--steps", 3, "--solver", "euler", "--quiet")
 
 
 def _check(rc: int, err: str, out) -> None:

@@ -15,7 +15,7 @@ from tests.helpers import GRAPHS, call, copy_tree as copy_bundle, error_lines, f
 
 
 def run_args(bundle, out):
-    return ("--bundle", bundle, "--n", 2, "--batch", 2, "--steps", 2, "--out", out, "--quiet")
+    return ("--bundle", bundle, "--n", 2, "--batch", 2, "--steps", 2, "--solver", "euler", "--out", out, "--quiet")
 
 
 def expect_run_error(capsys, bundle, out, *words) -> str:

@@ -27,7 +27,7 @@ def bundles(tiny, tmp_path_factory):
             "missing": base / "does-not-exist"}
 
 
-OK = ("--n", "2", "--batch", "2", "--steps", "2")
+OK = ("--n", "2", "--batch", "2", "--steps", "2", "--solver", "euler")
 
 CASES = {
     "n0": ("toy8", ["--n", "0", "--batch", "2"], "--n"),
@@ -61,7 +61,7 @@ CASES = {
     "class_unconditional": ("toy8", [*OK, "--class", "0"], "unconditional"),
     "churn_dpm2m": ("toy8", [*OK, "--solver", "dpm2m", "--churn", "1"], "--churn"),
     "churn_negative": ("toy8", [*OK, "--churn", "-1"], "--churn"),
-    "churn_with_bundle_default_dpm2m": ("dpm2m", [*OK, "--churn", "1"], "--churn"),
+    "churn_with_bundle_default_dpm2m": ("dpm2m", [*OK[:6], "--churn", "1"], "--churn"),
     "trt_without_engines": ("toy8", [*OK, "--backend", "trt"], "TensorRT"),
     "unknown_option": ("toy8", [*OK, "--frobnicate"], "--frobnicate"),
     # numbers that are not what they look like
@@ -74,6 +74,14 @@ CASES = {
     "temperature_nan": ("toy8", [*OK, "--temperature", "nan"], "--temperature"),
     "churn_nan": ("toy8", [*OK, "--churn", "nan"], "--churn"),
     "threads_huge": ("toy8", [*OK, "--threads", "100000"], "--threads"),
+    # settings that would write garbage with exit 0
+    "guidance_1e308": ("toy8", [*OK, "--guidance", "1e308"], "--guidance"),
+    "temperature_huge": ("toy8", [*OK, "--temperature", "1e300"], "--temperature"),
+    "top_k_above_codebook": ("toy8", [*OK, "--top-k", "9999"], "--top-k"),
+    "heun_on_2_levels": ("toy8", [*OK[:6], "--solver", "heun"], "noise"),
+    "nfe5_heun_named": ("toy8", ["--n", "2", "--nfe", "5", "--solver", "heun"], "noise"),
+    "nfe_below_any_measured": ("toy8", ["--n", "2", "--nfe", "3"], "discodiff-fit"),
+    "steps_huge": ("toy8", [*OK[:4], "--steps", "10001"], "--steps"),
 }
 
 
