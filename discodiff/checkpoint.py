@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from discodiff.atomic import atomic_write
 from discodiff.config import SCHEMA_VERSION, ModelConfig, check_model, from_dict, to_dict
 from discodiff.errors import UserError
+from discodiff.jsonfile import parse_json
 
 META_KEY = "discodiff"
 
@@ -65,33 +66,38 @@ def read_header(path: Path) -> dict:
     """The safetensors header (tensor names -> dtype/shape/offsets, and __metadata__), read with the
     standard library only."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, a FIFO (which would block), a device
+        raise UserError(f"checkpoint {path} is not a regular file; pass the model.safetensors file of a run")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; train one with discodiff-train or pass its path")
+    hint = "it may be truncated or edited, retrain or re-copy it"
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             if n > 100_000_000:
                 raise ValueError("header too large")
-            header = json.loads(f.read(n))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-        return header
-    except (struct.error, ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not a valid safetensors file ({e}); it may be truncated, retrain or re-copy it")
+            text = f.read(n)
+    except (struct.error, ValueError) as e:
+        raise UserError(f"{path} is not a valid safetensors file ({e}); {hint}") from None
+    header = parse_json(text, f"the safetensors header of {path}", hint)
+    if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
+        raise UserError(f"{path} is not a valid safetensors file (its header is not a JSON object of objects); {hint}")
+    return header
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    return read_header(path).get("__metadata__") or {}
+    meta = read_header(path).get("__metadata__") or {}
+    if not all(isinstance(v, str) for v in meta.values()):
+        raise UserError(f"{path} is not a valid safetensors file (a metadata value is not a string); the file was "
+                        "edited or damaged")
+    return meta
 
 
 def read_info(path: Path, key: str = META_KEY) -> dict:
     meta = read_metadata(path)
     if key not in meta:
         raise UserError(f"{path} is a safetensors file but not a DisCo-Diff checkpoint (no '{key}' metadata)")
-    try:
-        info = json.loads(meta[key])
-    except ValueError as e:
-        raise UserError(f"{path}: its '{key}' metadata is not valid JSON ({e}); the file was edited or damaged")
+    info = parse_json(meta[key], f"{path}: its '{key}' metadata", "the file was edited or damaged")
     if not isinstance(info, dict) or info.get("schema") != SCHEMA_VERSION:
         schema = info.get("schema") if isinstance(info, dict) else None
         raise UserError(f"{path} has checkpoint schema {schema!r}, this toolkit reads schema "
@@ -117,7 +123,7 @@ def check_tensors(path: Path, module: torch.nn.Module, prefix: str = "") -> None
     for name, shape in want.items():
         if name not in header:
             raise UserError(f"{path} does not match its own config: tensor {name} is missing; the file was edited or damaged")
-        if list(header[name].get("shape", [])) != shape:
+        if header[name].get("shape") != shape:
             raise UserError(f"{path} does not match its own config: {name} has shape {header[name].get('shape')}, the "
                             f"config gives {shape}; the file was edited or damaged")
     extra = sorted(set(header) - set(want))
@@ -189,4 +195,9 @@ def save_state(path: Path, state: dict) -> None:
 def load_state(path: Path) -> dict:
     """The nested state `save_state` wrote (no pickle: tensors from safetensors, the rest from JSON)."""
     info = read_info(path, key=META_KEY + "_state")
-    return unflatten(info["state"], _load_tensors(path))
+    tensors = _load_tensors(path)
+    try:
+        return unflatten(info["state"], tensors)
+    except (KeyError, TypeError, ValueError, RecursionError) as e:  # missing keys, wrong types, absurd nesting
+        raise UserError(f"{path}: its training state is damaged ({type(e).__name__}); the run cannot be continued, "
+                        "start it again with --overwrite") from None

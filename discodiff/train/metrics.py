@@ -22,7 +22,7 @@ def read_metrics(path: Path) -> list[dict]:
     for line in path.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a torn line, or one nested past Python's stack: dropped alike
             continue
         if isinstance(row, dict) and isinstance(row.get("stage"), int) and isinstance(row.get("step"), int):
             rows.append(row)

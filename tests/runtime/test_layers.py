@@ -22,7 +22,8 @@ from discodiff.runtime.sampling import sample_batch
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FOLDERS = {"discodiff": "discodiff", "export": "discodiff.export", "runtime": "discodiff.runtime"}
 # Layer 1: torch-free helpers every layer may use (the runtime's allow-list of discodiff modules).
-HELPERS = {"discodiff", "discodiff.errors", "discodiff.atomic", "discodiff.cli_util", "discodiff.config", "discodiff.rundir"}
+HELPERS = {"discodiff", "discodiff.errors", "discodiff.atomic", "discodiff.cli_util", "discodiff.config", "discodiff.rundir",
+           "discodiff.jsonfile", "discodiff.lock", "discodiff.imageheader"}
 # Third-party modules the torch-free layers may import (lazily where optional).
 TORCH_FREE = {"numpy", "onnxruntime", "cv2", "click", "tqdm", "matplotlib", "tensorrt", "polygraphy", "pytriton",
               "tritonclient"}
