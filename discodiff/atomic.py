@@ -67,7 +67,8 @@ def temp_dir(parent: Path, prefix: str) -> Path:
         raise OSError(e.errno, e.strerror, str(parent)) from e
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,7 +88,7 @@ def reclaim(parent: Path, prefix: str) -> list[Path]:
         if not entry.name.startswith(prefix):
             continue
         head = entry.name[len(prefix):].split(".", 1)[0].split("-", 1)[0]
-        if not head.isdigit() or int(head) == os.getpid() or _alive(int(head)):
+        if not head.isdigit() or int(head) == os.getpid() or alive(int(head)):
             continue
         shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
         removed.append(entry)

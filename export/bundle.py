@@ -5,6 +5,12 @@ everything passed, so a failed export leaves nothing behind and an existing bund
 Only a bundle this toolkit wrote is ever replaced (`check_destination`). TensorRT engines (`--trt`) are
 added to a finished bundle: engine files first, the updated manifest last (atomically), so the bundle
 is valid at every moment.
+
+Concurrent writers (a second export, discodiff-fit adding schedules) take the bundle's lock
+(`discodiff.lock`) around what they change in it: the export for its last check and the rename, the
+engine step and discodiff-fit for their read-modify-write of manifest.json (`fit_cli.update_manifest`:
+re-read under the lock, so a fit written meanwhile is kept). Each holds it for milliseconds; a holder
+that keeps it longer than BUNDLE_WAIT_S is named and the export refused.
 """
 from __future__ import annotations
 
@@ -27,14 +33,17 @@ from discodiff.atomic import atomic_write_text, reclaim, sha256_file, temp_dir
 from discodiff.checkpoint import load_model
 from discodiff.config import to_dict
 from discodiff.errors import UserError
+from discodiff.jsonfile import parse_json
+from discodiff.lock import BUNDLE_WAIT_S, LOCK_FILE, DirLock
 from discodiff.export import parity
 from discodiff.export.graphs import graph_specs
 from discodiff.export.lint import TRT_PARSER_VERSION, lint
 from discodiff.export.onnx_export import EXTERNAL_DATA_ABOVE_MIB, OPSET, data_file, export_graph, fp16_summary, \
     mixed_fp16, wants_external_data
 from discodiff.runtime.backends.ort import OrtBackend
+from discodiff.runtime.fit_cli import PROBE_PREFIX, update_manifest
 from discodiff.runtime.fit_model import DEFAULT_FIT_SOLVER, fit_bundle, with_fits
-from discodiff.runtime.manifest import FORMAT, MANIFEST, SCHEMA, Manifest
+from discodiff.runtime.manifest import FORMAT, MANIFEST, MAX_MANIFEST_BYTES, SCHEMA, Manifest, open_inside
 from discodiff.sampling import model_meta
 
 
@@ -42,23 +51,39 @@ def _temp_prefixes(out: Path) -> tuple[str, str]:
     return f".{out.name}.tmp-", f".{out.name}.old-"
 
 
+NOT_OURS = "choose another --out (nothing was written)"
+
+
+def _read_manifest(out: Path) -> dict | None:
+    """The manifest of the folder `out` as JSON, or None if it has no readable regular manifest file."""
+    try:
+        with open_inside(out, MANIFEST, "the manifest") as f:
+            text = f.read(MAX_MANIFEST_BYTES + 1)
+    except (UserError, OSError):
+        return None
+    if len(text) > MAX_MANIFEST_BYTES:
+        return None
+    return parse_json(text, str(out / MANIFEST), f"it is not a bundle discodiff-export can replace; {NOT_OURS}")
+
+
 def check_destination(out: Path) -> None:
     """A bundle may replace a bundle this toolkit wrote, and nothing else: `out` must be absent, empty,
-    or hold a manifest with this toolkit's format and only the files that manifest names."""
+    or hold a manifest with this toolkit's format and only the files that manifest names (and its lock
+    file). Temp files that a killed manifest rewrite or fit left there (`.manifest.<dead pid>...`) are
+    removed first, once the manifest shows the folder is a bundle; those of a running process still
+    refuse."""
     if not out.exists():
         return
     if not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a bundle directory; choose another --out (nothing was written)")
-    if not any(out.iterdir()):
+        raise UserError(f"--out {out} is a file, not a bundle directory; {NOT_OURS}")
+    if not any(p.name != LOCK_FILE for p in out.iterdir()):
         return
-    try:
-        raw = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        raw = None
+    raw = _read_manifest(out)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise UserError(f"{out} exists and is not a bundle written by discodiff-export; choose another --out "
-                        "(nothing was written)")
-    named = {MANIFEST}
+        raise UserError(f"{out} exists and is not a bundle written by discodiff-export; {NOT_OURS}")
+    for prefix in (f".{Path(MANIFEST).stem}.", PROBE_PREFIX):   # a killed manifest rewrite's, a killed fit's
+        reclaim(out, prefix)
+    named = {MANIFEST, LOCK_FILE}
     for kind in ("graphs", "engines"):
         for e in (raw.get(kind) or {}).values():
             if isinstance(e, dict):
@@ -68,7 +93,7 @@ def check_destination(out: Path) -> None:
     foreign = sorted(p.name for p in out.iterdir() if p.name not in named)
     if foreign:
         raise UserError(f"{out} is a bundle but also holds {foreign[0]!r}, which the bundle did not write; move it "
-                        "out or choose another --out (nothing was written)")
+                        f"out or {NOT_OURS}")
 
 
 def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch: int = 32, solver: str = "heun",
@@ -140,7 +165,7 @@ def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch
                          "peak_rss_mb": peak_rss_mib(), "external_data_above_mib": external_data_above_mib}
         manifest = Manifest.from_dict(out, raw)   # the runtime's own schema check, before anything is kept
         atomic_write_text(tmp / MANIFEST, json.dumps(raw, indent=2) + "\n")
-        _replace_dir(tmp, out)
+        _replace_locked(tmp, out)
         return manifest
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -158,6 +183,19 @@ def peak_rss_mib() -> float:
     return round(rss / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
 
+def _replace_locked(new: Path, out: Path) -> None:
+    """`_replace_dir` under the old bundle's lock, checked again there: a fit may have rewritten its
+    manifest, or another export replaced it, since the first check. A fit waiting for this lock finds
+    the new bundle once it is released (the lock file went with the old directory)."""
+    if not out.is_dir():
+        _replace_dir(new, out)
+        return
+    busy = "wait for it to finish and export again (the new bundle was not written)"
+    with DirLock(out, "discodiff-export", busy).acquire(BUNDLE_WAIT_S):
+        check_destination(out)
+        _replace_dir(new, out)
+
+
 def _replace_dir(new: Path, out: Path) -> None:
     """Put directory `new` at `out`; an old bundle there is moved aside first, then deleted."""
     old = None
@@ -168,13 +206,6 @@ def _replace_dir(new: Path, out: Path) -> None:
     os.chmod(out, 0o755)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def write_manifest(man: Manifest, raw: dict) -> Manifest:
-    """Replace the manifest of the finished bundle `man` with `raw` (checked first), atomically."""
-    checked = Manifest.from_dict(man.bundle, raw)
-    atomic_write_text(man.bundle / MANIFEST, json.dumps(raw, indent=2) + "\n")
-    return checked
 
 
 def add_engines(man: Manifest, log=print) -> Manifest:
@@ -195,10 +226,21 @@ def add_engines(man: Manifest, log=print) -> Manifest:
             check = trt.check_engine(eng, spec, out / spec.file, rng, man.meta.sigma_data)
             engines[name] = {"file": eng.name, "sha256": sha256_file(eng), "source_graph": name,
                              "precision": spec.precision, "check_vs_onnxruntime": check}
+        timing = {"file": cache.name, "sha256": sha256_file(cache)} if cache.exists() else None
+        # the manifest as it is now (a fit may have added schedules while the engines were built)
+        raw = update_manifest(man, lambda now: dict(now, engines=engines, tensorrt=stamp, timing_cache=timing),
+                              "discodiff-export --trt", "engines")
     except BaseException:
+        keep = _named_now(out)   # a bundle exported there meanwhile may name engines of the same names
         for f in written:
-            f.unlink(missing_ok=True)
+            if f.name not in keep:
+                f.unlink(missing_ok=True)
         raise
-    raw = dict(man.raw, engines=engines, tensorrt=stamp,
-               timing_cache={"file": cache.name, "sha256": sha256_file(cache)} if cache.exists() else None)
-    return write_manifest(man, raw)
+    return Manifest.from_dict(out, raw)
+
+
+def _named_now(bundle: Path) -> set[str]:
+    try:
+        return Manifest.load(bundle, verify=False).files()
+    except UserError:
+        return set()

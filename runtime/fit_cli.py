@@ -7,24 +7,33 @@ Torch-free: the fit runs the bundle's own graphs on ONNX Runtime. The fitted sch
 manifest (sampling.fitted, keyed by the number of denoiser calls, with their held-out error), which is
 checked and replaced atomically; the graph files and their hashes are untouched. `discodiff-run --nfe N`
 then samples with N calls on the fitted levels.
+
+Two fits of one bundle may run at once: each fits without holding anything, then rewrites the manifest
+under the bundle's lock (`update_manifest`), re-reading it there, so neither loses the other's fits. A
+bundle re-exported with other graphs while it fitted is left as the export wrote it.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import click
 
 from discodiff.atomic import atomic_write_text
 from discodiff.cli_util import CONTEXT, IntRange, main_for, run
 from discodiff.errors import UserError
+from discodiff.lock import BUNDLE_WAIT_S, DirLock
 from discodiff.runtime.fit_model import DEFAULT_FIT_SOLVER, fit_bundle, with_fits
 from discodiff.runtime.solvers import SOLVERS, steps_for
 
 DEFAULT_BUNDLE = Path("runs") / "shapes" / "bundle"
+CORES = os.cpu_count() or 1          # --threads bound, as discodiff-run's
+PROBE_PREFIX = ".discodiff-fit-probe."   # + pid: what a fit killed at its start leaves is reclaimed by PID
 
 
 class CallCounts(click.ParamType):
@@ -52,16 +61,30 @@ def check_counts(counts: tuple[int, ...], solver: str) -> None:
             raise UserError(f"--nfe {n} with --solver {solver}: {e}; pick odd counts for heun") from None
 
 
-def fit_into_bundle(man, counts, solver: str, threads: int | None, log) -> dict:
-    """Fit, merge into the manifest, check it, write it atomically; returns the new raw manifest."""
+def update_manifest(man, change: Callable[[dict], dict], program: str, what: str, log=None) -> dict:
+    """Under the bundle's lock: re-read the manifest of `man.bundle`, refuse if its graphs are no longer
+    those `man` describes (what was computed on them, `what`, belongs to graphs the bundle lost), apply
+    `change` to it, check the result as the runtime does and write it atomically. Returns the new raw."""
     from discodiff.runtime.manifest import MANIFEST, Manifest
 
-    with tempfile.NamedTemporaryFile(dir=man.bundle, prefix=".discodiff-fit-probe-"):
-        pass                                             # an unwritable bundle fails now, not after the fit
-    raw = with_fits(man.raw, fit_bundle(man, counts, solver, threads=threads, log=log))
-    Manifest.from_dict(man.bundle, raw)                  # the runtime's own schema check first
-    atomic_write_text(man.bundle / MANIFEST, json.dumps(raw, indent=2) + "\n")
+    busy = f"wait for it to finish and run {program} again (the {what} were not written)"
+    with DirLock(man.bundle, program, busy).acquire(BUNDLE_WAIT_S, on_wait=log):
+        now = Manifest.load(man.bundle, verify=False).raw
+        if now.get("graphs") != man.raw.get("graphs"):
+            raise UserError(f"{man.bundle} was re-exported meanwhile (its graphs changed), so the {what}, made on the "
+                            f"old graphs, were not written; run {program} again")
+        raw = change(now)
+        Manifest.from_dict(man.bundle, raw)              # the runtime's own schema check first
+        atomic_write_text(man.bundle / MANIFEST, json.dumps(raw, indent=2) + "\n")
     return raw
+
+
+def fit_into_bundle(man, counts, solver: str, threads: int | None, log) -> dict:
+    """Fit, merge into the manifest as it is then, check it, write it atomically; returns the new raw."""
+    with tempfile.NamedTemporaryFile(dir=man.bundle, prefix=f"{PROBE_PREFIX}{os.getpid()}."):
+        pass                                             # an unwritable bundle fails now, not after the fit
+    fitted = fit_bundle(man, counts, solver, threads=threads, log=log)
+    return update_manifest(man, lambda now: with_fits(now, fitted), "discodiff-fit", "fits", log)
 
 
 @click.command(context_settings=CONTEXT)
@@ -70,7 +93,7 @@ def fit_into_bundle(man, counts, solver: str, threads: int | None, log) -> dict:
 @click.option("--nfe", "counts", type=CallCounts(), required=True, help="Denoiser call counts to fit, e.g. 5,6,8,10.")
 @click.option("--solver", type=click.Choice(SOLVERS), default=DEFAULT_FIT_SOLVER, show_default=True,
               help="Solver the levels are fitted for.")
-@click.option("--threads", type=IntRange(1, 1024), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--threads", type=IntRange(1, CORES), default=None, help=f"ONNX Runtime intra-op threads (1..{CORES}).")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 def command(bundle, counts, solver, threads, quiet):
     """Fit the noise levels of a solver to a bundle's model for given numbers of denoiser calls, against a

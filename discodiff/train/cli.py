@@ -7,6 +7,11 @@
 
 The CLI only builds keyword arguments for `loop.train`, writes them to training_options.json and
 supports --dry-run (print them and stop).
+
+One writer per run directory: --out is first checked without writing anything (a foreign folder is
+refused untouched), then locked for the whole run (`discodiff.lock`; under torchrun rank 0 holds it)
+and checked again under the lock, since another run may have written it in between. A second run into
+a locked --out is refused in one line naming the holder, before it writes or removes anything.
 """
 from __future__ import annotations
 
@@ -20,7 +25,15 @@ from discodiff import presets, rundir
 from discodiff.cli_util import CONTEXT, FloatRange, IntRange, main_for, run
 from discodiff.config import DataSpec, ModelConfig, TrainConfig, check_model, check_train, from_dict, replace, to_dict
 from discodiff.errors import UserError
+from discodiff.lock import DirLock, live_holder
 from discodiff.runtime.cpu import cores
+
+# --resume refuses a model change; each field by the option that sets it
+MODEL_OPTIONS = {"m": "--latents", "k": "--codebook", "gumbel_tau": "--gumbel-tau",
+                 "straight_through": "--straight-through/--soft", "latent_dropout": "--latent-dropout"}
+
+
+BUSY = "one run writes a run directory at a time: wait for it to end, or choose another --out (nothing was changed)"
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> str:
@@ -37,7 +50,38 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> str:
     elif kind == rundir.RUN and not overwrite:
         raise UserError(f"{out} already holds a training run; pass --resume to continue it, --overwrite to "
                         "replace it, or --out for a new directory")
+    if kind in (rundir.RUN, rundir.STALE):
+        rundir.check_links(out)
     return kind
+
+
+def _take_out(out: Path, resume: bool, overwrite: bool, saved: dict | None) -> tuple[DirLock, str]:
+    """Lock --out for this run and check it again under the lock; returns the lock and the kind."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = DirLock(out, "discodiff-train", BUSY).acquire()
+    try:
+        kind = _check_out(out, resume, overwrite)
+        if resume and rundir.read_options(out) != saved:
+            raise UserError(f"{out} was changed by another run while this one started; nothing was changed, "
+                            "run the command again")
+    except BaseException:
+        lock.release()
+        raise
+    return lock, kind
+
+
+def _take_out_ranks(d, out: Path, resume: bool, overwrite: bool, saved: dict | None) -> tuple[DirLock | None, str]:
+    """Rank 0 takes --out (`_take_out`); every rank learns whether it did, so a refused run ends on all
+    ranks at once instead of leaving the others waiting in a collective."""
+    taken, error = (None, None), None
+    if d.main:
+        try:
+            taken = _take_out(out, resume, overwrite, saved)
+        except Exception as e:   # noqa: BLE001 -- re-raised below, after the other ranks are told
+            error = e
+    if not d.all_true(error is None):
+        raise error or UserError(f"rank 0 could not start the run in --out {out} (see its message)")
+    return taken
 
 
 def _saved_options(out: Path) -> tuple[dict, dict]:
@@ -130,7 +174,10 @@ def command(preset, data, resolution, m, k, gumbel_tau, straight_through, latent
     preset = preset or (None if data else presets.DEFAULT_PRESET)
     out = out or Path("runs") / (preset or Path(data).stem)
 
-    kind = _check_out(out, resume, overwrite)
+    if out.is_dir() and (who := live_holder(out)):   # what the lock would say, before anything is written
+        raise UserError(f"{out} is being written by {who}; {BUSY}")
+    _check_out(out, resume, overwrite)   # before anything is written; again under the lock (_take_out)
+    saved = None
     if resume:
         saved, opts = _saved_options(out)
         preset = saved.get("preset")
@@ -146,7 +193,7 @@ def command(preset, data, resolution, m, k, gumbel_tau, straight_through, latent
     changes = {k_: v for k_, v in dict(m=m, k=k, gumbel_tau=gumbel_tau, straight_through=straight_through,
                                         latent_dropout=latent_dropout).items() if v is not None}
     if resume and changes:
-        raise UserError(f"--resume keeps the saved model; drop {', '.join('--' + c.replace('_', '-') for c in changes)}")
+        raise UserError(f"--resume keeps the saved model; drop {', '.join(MODEL_OPTIONS[c] for c in changes)}")
     model = replace(model, **changes)
     if model.m == 0:
         model = replace(model, latent_dropout=0.0)
@@ -162,9 +209,11 @@ def command(preset, data, resolution, m, k, gumbel_tau, straight_through, latent
     if init_only:
         from discodiff.train.loop import write_initial
 
-        if kind in (rundir.RUN, rundir.STALE):
-            rundir.clear_run(out)
-        path = write_initial(out, ds, model, train, options)
+        lock, kind = _take_out(out, resume, overwrite, saved)
+        with lock:
+            if kind in (rundir.RUN, rundir.STALE):
+                rundir.clear_run(out)
+            path = write_initial(out, ds, model, train, options)
         if not quiet:
             click.echo(f"wrote the untrained {opts['name']} model to {path}", err=True)
         return
@@ -173,7 +222,9 @@ def command(preset, data, resolution, m, k, gumbel_tau, straight_through, latent
     from discodiff.train.loop import train as train_fn
 
     d = dist_mod.init(device)
+    lock = None
     try:
+        lock, kind = _take_out_ranks(d, out, resume, overwrite, saved)
         if d.main and kind in (rundir.RUN, rundir.STALE) and not resume:
             rundir.clear_run(out)  # only the files a run writes; anything else in --out stays
         if d.main and not quiet:
@@ -185,6 +236,8 @@ def command(preset, data, resolution, m, k, gumbel_tau, straight_through, latent
         if d.main and not quiet:
             click.echo(f"wrote {path}, {out / 'samples.png'} and {out / 'loss.png'}", err=True)
     finally:
+        if lock is not None:
+            lock.release()
         dist_mod.shutdown(d)
 
 

@@ -26,6 +26,14 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
+    def all_true(self, flag: bool) -> bool:
+        """Whether `flag` holds on every rank (a collective: every rank must call it)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":

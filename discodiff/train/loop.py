@@ -232,7 +232,8 @@ def train(out: Path, ds: Dataset, cfg: ModelConfig, tc: TrainConfig, dist: Dist,
           resume: bool = False, progress: bool = True, resume_hint: str | None = None,
           threads: int | None = None, share_cores: bool = False) -> Path:
     """Run (or resume) both stages; returns the path of the written model checkpoint. Signals stop it at
-    a step boundary with the state saved (`Stopped`)."""
+    a step boundary with the state saved (`Stopped`). The caller keeps other writers out of `out`
+    (discodiff-train holds its `discodiff.lock` on rank 0 for the whole run)."""
     out = Path(out)
     files = {name: out / name for name in (rundir.MODEL_FILE, rundir.STATE_FILE, rundir.METRICS_FILE, rundir.OPTIONS_FILE)}
     dev = dist.device

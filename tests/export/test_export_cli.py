@@ -125,3 +125,84 @@ def test_export_with_fit_nfe_writes_the_fits_into_the_new_bundle(toy8_run, tmp_p
     assert f["solver"] == "euler" and len(f["sigmas"]) == 6 and f["heldout_rmse"] < f["heldout_rmse_edm"]
     assert "fitted schedule, 5 calls" in stdout
     assert hidden_leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Leftovers of killed writers; concurrent writers of one bundle
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_a_killed_manifest_rewrites_temp_file_is_reclaimed(tiny, toy8_run, tmp_path, capsys):
+    b = copy_bundle(tiny.bundle("toy8"), tmp_path / "bundle")
+    stale = b / f".manifest.{_dead_pid()}.k1ll3d.json.tmp"
+    stale.write_text('{"half": ')
+    rc, _, err = call(capsys, export_cli, "--checkpoint", toy8_run / "model.safetensors", "--out", b,
+                      "--max-batch", MAX_BATCH, "--quiet")
+    assert rc == 0, err
+    assert not stale.exists() and hidden_leftovers(tmp_path) == []
+    load_manifest(b)
+
+
+def test_a_running_writers_temp_file_still_refuses(tiny, toy8_run, tmp_path, capsys):
+    b = copy_bundle(tiny.bundle("toy8"), tmp_path / "bundle")
+    (b / ".manifest.1.l1ve.json.tmp").write_text("{}")          # pid 1 always runs
+    before = tree_state(tmp_path)
+    rc, _, err = call(capsys, export_cli, "--checkpoint", toy8_run / "model.safetensors", "--out", b, "--quiet")
+    assert rc == 2 and len(error_lines(err)) == 1 and ".manifest.1.l1ve.json.tmp" in err, err
+    assert tree_state(tmp_path) == before
+
+
+def test_deeply_nested_json_as_the_destinations_manifest(toy8_run, tmp_path, capsys):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "manifest.json").write_text("[" * 200_000)
+    before = tree_state(tmp_path)
+    rc, _, err = call(capsys, export_cli, "--checkpoint", toy8_run / "model.safetensors", "--out", out, "--quiet")
+    assert rc == 2 and len(error_lines(err)) == 1 and "Traceback" not in err and "manifest.json" in err, err
+    assert tree_state(tmp_path) == before
+
+
+def test_an_export_waits_for_the_bundles_lock_and_names_its_holder(tiny, toy8_run, tmp_path, capsys, monkeypatch):
+    """A fit rewriting the manifest holds the bundle's lock; an export does not replace the bundle under
+    it (here the holder never lets go: the export is refused after its wait, leaving no temp folder)."""
+    from discodiff.export import bundle as bundle_mod
+    from tests.discodiff.test_locks import held_by_another_process
+
+    monkeypatch.setattr(bundle_mod, "BUNDLE_WAIT_S", 0.5)
+    b = copy_bundle(tiny.bundle("toy8"), tmp_path / "bundle")
+    before = tree_state(b)
+    with held_by_another_process(b, "discodiff-fit") as p:
+        rc, _, err = call(capsys, export_cli, "--checkpoint", toy8_run / "model.safetensors", "--out", b,
+                          "--max-batch", MAX_BATCH, "--quiet")
+        assert rc == 2 and len(error_lines(err)) == 1 and f"discodiff-fit (pid {p.pid})" in err, err
+        assert sorted(x.name for x in tmp_path.iterdir()) == ["bundle"]   # no .bundle.tmp-* left beside
+    assert {k: v for k, v in tree_state(b).items() if k != ".discodiff.lock"} == before
+
+
+def test_a_fit_does_not_write_into_a_bundle_re_exported_while_it_fitted(tiny, reexport, tmp_path, capsys, monkeypatch):
+    """While discodiff-fit computes, an export replaces the bundle with other graphs: the fit's manifest
+    (old graphs + fits) must not land on the new bundle."""
+    from discodiff.export import bundle as bundle_mod
+    from discodiff.runtime import fit_cli as fit_mod
+    from tests.runtime.test_fit_cli import fit_cli
+
+    b = copy_bundle(tiny.bundle("toy8"), tmp_path / "bundle")
+    real = fit_mod.fit_bundle
+
+    def fit_then_reexport(*args, **kwargs):
+        fitted = real(*args, **kwargs)
+        bundle_mod._replace_locked(copy_bundle(reexport[1], tmp_path / ".new"), b)   # the export's own swap
+        return fitted
+
+    monkeypatch.setattr(fit_mod, "fit_bundle", fit_then_reexport)
+    rc, _, err = call(capsys, fit_cli, "--bundle", b, "--nfe", "5", "--solver", "euler", "--quiet")
+    assert rc == 2 and len(error_lines(err)) == 1 and "re-exported" in err, err
+    assert tree_state(b) == tree_state(reexport[1])
+    assert load_manifest(b).sampling["fitted"] == {}

@@ -62,7 +62,7 @@ def test_run_with_nfe_uses_the_fit_and_equals_the_core(fitted, tmp_path, capsys)
 
 @pytest.mark.parametrize("args, words", [
     (["--nfe", "5", "--schedule", "fitted"], "discodiff-fit --bundle"),
-    (["--nfe", "8"], "odd"),
+    (["--nfe", "8", "--solver", "heun"], "odd"),
     (["--schedule", "fitted"], "needs nfe"),
     (["--nfe", "6", "--steps", "6"], "not both"),
 ])
@@ -102,3 +102,37 @@ def test_a_read_only_bundle_fails_in_one_line_before_fitting(tiny, small_fs, cap
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc != 0 and len(lines) == 1 and "Read-only file system" in lines[0], err
     assert "fitting" not in out + err and tree_state(small_fs) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Two fits of one bundle at once; --threads bounds
+
+
+def test_two_fits_at_once_keep_both_fits(tiny, tmp_path):
+    """Two real discodiff-fit processes on one bundle: both rewrite the manifest (under its lock, re-read
+    there), so each one's fits survive the other's rewrite."""
+    import os
+    import subprocess
+
+    from tests.helpers import VENV_BIN
+
+    b = copy_tree(tiny.bundle("toy8"), tmp_path / "bundle")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([str(VENV_BIN / "discodiff-fit"), "--bundle", str(b), "--nfe", nfe, "--solver", "euler",
+                               "--threads", "1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for nfe in ("4,6,8", "5,7,9")]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    man = load_manifest(b)
+    assert sorted(man.sampling["fitted"], key=int) == ["4", "5", "6", "7", "8", "9"]
+    assert sorted(p.name for p in b.iterdir() if p.name.startswith(".")) == []   # no lock or temp file left
+
+
+def test_threads_beyond_the_cores_are_refused(fitted, capsys):
+    import os
+
+    before = tree_state(fitted[0])
+    rc, _, err = call(capsys, fit_cli, "--bundle", fitted[0], "--nfe", "4", "--threads", (os.cpu_count() or 1) + 1)
+    one_error_line(rc, err, "discodiff-fit", "--threads")
+    assert tree_state(fitted[0]) == before
