@@ -6,7 +6,7 @@ plain twin (--latents 0, same size and training budget), on toy8 and shapes.
 
 Every row runs the deployed thing: the bundle's graphs on ONNX Runtime through the one sampling core,
 with every sample's own draws and prior tokens. Calls in {4, 5, 6, 8, 10, 12, 16, 35}; schedules EDM
-rho=7, uniform log-sigma, and fitted to the model (runtime.fit_schedule; Heun only where the count is
+rho=7, uniform log-sigma, and fitted to the model (runtime.fit.schedule; Heun only where the count is
 odd). Teacher: Heun, 255 calls on a fine log-sigma grid, from the same seeds and tokens.
 - toy8: every solver x schedule: excess W2 (plain and count-matched), excess off-mode share, teacher RMSE.
 - shapes: teacher RMSE for every solver x schedule; then each of the best solvers on its best schedule,

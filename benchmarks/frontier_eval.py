@@ -11,8 +11,8 @@ import numpy as np
 
 from discodiff.runtime.bundle import open_bundle
 from discodiff.runtime.draws import draw
-from discodiff.runtime.fit_model import conditioned_denoiser
-from discodiff.runtime.fit_schedule import GRID, fit, teacher, teacher_x0
+from discodiff.runtime.fit.model import conditioned_denoiser
+from discodiff.runtime.fit.schedule import GRID, fit, teacher, teacher_x0
 from discodiff.runtime.sampling import prior_tokens, sample_batch
 from discodiff.runtime.schedule import schedule_steps
 from discodiff.runtime.solvers import steps_for

@@ -8,7 +8,7 @@ is valid at every moment.
 
 Concurrent writers (a second export, discodiff-fit adding schedules) take the bundle's lock
 (`discodiff.lock`) around what they change in it: the export for its last check and the rename, the
-engine step and discodiff-fit for their read-modify-write of manifest.json (`fit_cli.update_manifest`:
+engine step and discodiff-fit for their read-modify-write of manifest.json (`fit.cli.update_manifest`:
 re-read under the lock, so a fit written meanwhile is kept). Each holds it for milliseconds; a holder
 that keeps it longer than BUNDLE_WAIT_S is named and the export refused.
 """
@@ -41,8 +41,8 @@ from discodiff.export.lint import TRT_PARSER_VERSION, lint
 from discodiff.export.onnx_export import EXTERNAL_DATA_ABOVE_MIB, OPSET, data_file, export_graph, fp16_summary, \
     mixed_fp16, wants_external_data
 from discodiff.runtime.backends.ort import OrtBackend
-from discodiff.runtime.fit_cli import PROBE_PREFIX, update_manifest
-from discodiff.runtime.fit_model import DEFAULT_FIT_SOLVER, fit_bundle, with_fits
+from discodiff.runtime.fit.cli import PROBE_PREFIX, update_manifest
+from discodiff.runtime.fit.model import DEFAULT_FIT_SOLVER, fit_bundle, with_fits
 from discodiff.runtime.manifest import FORMAT, MANIFEST, MAX_MANIFEST_BYTES, SCHEMA, Manifest, open_inside
 from discodiff.sampling import model_meta
 

@@ -14,8 +14,8 @@ import click
 from discodiff.cli_util import CONTEXT, IntRange, main_for, run
 from discodiff.errors import UserError
 from discodiff.presets import DEFAULT_PRESET
-from discodiff.runtime.fit_cli import CallCounts, check_counts
-from discodiff.runtime.fit_model import DEFAULT_FIT_SOLVER
+from discodiff.runtime.fit.cli import CallCounts, check_counts
+from discodiff.runtime.fit.model import DEFAULT_FIT_SOLVER
 from discodiff.runtime.solvers import SOLVERS
 
 DEFAULT_CHECKPOINT = Path("runs") / DEFAULT_PRESET / "model.safetensors"

@@ -1,5 +1,5 @@
 """Sampling noise levels, float64: EDM's rho schedule (Eq. 5), uniform in log sigma, and by name.
-Torch-free; the PyTorch reference sampler uses it too. Fitted schedules come from `fit_schedule` and
+Torch-free; the PyTorch reference sampler uses it too. Fitted schedules come from `fit.schedule` and
 live in a bundle's manifest. The EDM range has its one home in `contract`.
 """
 from __future__ import annotations

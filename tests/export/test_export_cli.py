@@ -190,7 +190,7 @@ def test_a_fit_does_not_write_into_a_bundle_re_exported_while_it_fitted(tiny, re
     """While discodiff-fit computes, an export replaces the bundle with other graphs: the fit's manifest
     (old graphs + fits) must not land on the new bundle."""
     from discodiff.export import bundle as bundle_mod
-    from discodiff.runtime import fit_cli as fit_mod
+    from discodiff.runtime.fit import cli as fit_mod
     from tests.runtime.test_fit_cli import fit_cli
 
     b = copy_bundle(tiny.bundle("toy8"), tmp_path / "bundle")

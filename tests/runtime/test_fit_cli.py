@@ -17,7 +17,7 @@ from tests.helpers import call, copy_tree, enospc, one_error_line, read_manifest
 
 def fit_cli(*args) -> int:
     from discodiff.cli_util import run
-    from discodiff.runtime import fit_cli as mod
+    from discodiff.runtime.fit import cli as mod
 
     return run(mod.command, args=[str(a) for a in args], prog="discodiff-fit")
 

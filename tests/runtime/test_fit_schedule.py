@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from discodiff.runtime import fit_schedule as fs
+from discodiff.runtime.fit import schedule as fs
 from discodiff.runtime.contract import SIGMA_MAX
 from discodiff.runtime.schedule import logsnr_steps, sigma_steps
 

@@ -192,7 +192,7 @@ def test_every_runtime_module_imports_without_torch(tmp_path):
     assert res["torch_loaded"] == [] and res["training_loaded"] == []
     expected = {"discodiff.runtime", "discodiff.runtime.cli", "discodiff.runtime.bundle", "discodiff.runtime.manifest",
                 "discodiff.runtime.sampling", "discodiff.runtime.model", "discodiff.runtime.contract",
-                "discodiff.runtime.tokens", "discodiff.runtime.schedule", "discodiff.runtime.fit_schedule",
+                "discodiff.runtime.tokens", "discodiff.runtime.schedule", "discodiff.runtime.fit.schedule",
                 "discodiff.runtime.draws", "discodiff.runtime.solvers",
                 "discodiff.runtime.output", "discodiff.runtime.backends", "discodiff.runtime.backends.ort",
                 "discodiff.runtime.backends.trt", "discodiff.runtime.backends.base"}

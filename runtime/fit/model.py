@@ -1,5 +1,5 @@
 """Fitting the sampling schedule of a model (any adapter of the model protocol; usually a bundle's graphs
-on ONNX Runtime, so what is fitted is what serves): the schedule-level maths is `fit_schedule`'s.
+on ONNX Runtime, so what is fitted is what serves): the schedule-level maths is `fit.schedule`'s.
 
 Calibration and held-out samples are drawn as every sample is (`draws`, per seed: class, prior uniforms,
 noise), their tokens come from the model's prior, and each is solved with its own conditioning; the
@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from discodiff.runtime.draws import draw
-from discodiff.runtime.fit_schedule import GRID, evaluate, fit, teacher, teacher_x0
+from discodiff.runtime.fit.schedule import GRID, evaluate, fit, teacher, teacher_x0
 from discodiff.runtime.sampling import prior_tokens
 from discodiff.runtime.schedule import sigma_steps
 from discodiff.runtime.solvers import steps_for

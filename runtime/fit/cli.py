@@ -28,7 +28,7 @@ from discodiff.atomic import atomic_write_text
 from discodiff.cli_util import CONTEXT, IntRange, main_for, run
 from discodiff.errors import UserError
 from discodiff.lock import BUNDLE_WAIT_S, DirLock
-from discodiff.runtime.fit_model import DEFAULT_FIT_SOLVER, fit_bundle, with_fits
+from discodiff.runtime.fit.model import DEFAULT_FIT_SOLVER, fit_bundle, with_fits
 from discodiff.runtime.solvers import SOLVERS, steps_for
 
 DEFAULT_BUNDLE = Path("runs") / "shapes" / "bundle"
