@@ -3,11 +3,11 @@
 `TorchModel` adapts a `DisCoDiff` (or a denoiser variant of it: compiled, mixed fp16, on CUDA) to the
 model protocol of `discodiff.runtime.sampling`, so the reference runs the very same sampling core
 (draws, token picking, guidance, schedule, solvers) as every runtime backend, and any backend can be
-compared with it sample by sample. `sample()` is the batch loop over it.
+compared with it sample by sample. `open_checkpoint()` gives the runtime's `Pipeline` over a checkpoint;
+`sample()` is the reference loop over it that tests and benchmarks use.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -15,8 +15,9 @@ import torch
 
 from discodiff.networks import DisCoDiff
 from discodiff.runtime.contract import ModelMeta
-from discodiff.runtime.draws import Draws, draw
-from discodiff.runtime.sampling import sample_batch
+from discodiff.runtime.draws import Draws
+from discodiff.runtime.pipeline import Pipeline, Samples
+from discodiff.runtime.schedule import sigma_steps
 
 
 def model_meta(cfg) -> ModelMeta:
@@ -77,30 +78,31 @@ class TorchModel:
         return step
 
 
-@dataclass
-class Samples:
-    x: np.ndarray          # float32 [n, *data_shape]
-    tokens: np.ndarray     # int32 [n, m]
-    labels: np.ndarray     # int32 [n] (the prior's null label when unconditional)
-    seeds: np.ndarray      # int64 [n]
+def open_checkpoint(path, device: str | torch.device = "cpu") -> Pipeline:
+    """The Python object of the runtime over a checkpoint's torch networks (the PyTorch reference):
+    `open_checkpoint("runs/shapes/model.safetensors")(range(8), steps=18) -> Samples`."""
+    from discodiff.checkpoint import load_model
+
+    model = load_model(path)[0].eval().to(device)
+    return Pipeline(TorchModel(model, device), name=str(path))
 
 
 @torch.no_grad()
 def sample(model: DisCoDiff, seeds=None, *, batch: int = 64, device: str | torch.device = "cpu",
            class_label: int | None = None, draws: Draws | None = None, tokens: np.ndarray | None = None,
-           progress: Callable[[int], None] | None = None, **options) -> Samples:
-    """Sample `seeds` (or the given `draws`) with the torch networks; `tokens` [n, m] skips the prior
-    (e.g. encoder tokens). `options` are sample_batch's (steps, solver, sigmas, guidance, churn, ...)."""
+           steps: int = 18, solver: str = "heun", sigmas: np.ndarray | None = None,
+           recompute_prior: bool = False, progress: Callable[[int], None] | None = None, **options) -> Samples:
+    """Sample `seeds` (or the given `draws`) with the torch networks through the runtime's Pipeline;
+    `tokens` [n, m] skips the prior (e.g. encoder tokens). `steps` EDM rho levels unless `sigmas` are
+    given; `options` are the Pipeline's (guidance, churn, temperature, top_k)."""
     tm = TorchModel(model, device)
-    if draws is None:
-        draws = draw(seeds, tm.meta, class_label)
-    xs, toks = [], []
-    for start in range(0, len(draws.seeds), batch):
-        d = draws.take(slice(start, start + batch))
-        tok = None if tokens is None or not tm.meta.m else np.asarray(tokens[start:start + batch], np.int32)
-        x, tok = sample_batch(tm, d, tokens=tok, **options)
-        xs.append(x)
-        toks.append(tok)
+    if sigmas is None:
+        sigmas = sigma_steps(steps, tm.meta.sigma_min, tm.meta.sigma_max, tm.meta.rho)
+    pipe = Pipeline(tm, recompute_prior=recompute_prior)
+    parts = []
+    for part in pipe.stream(seeds, draws=draws, batch=batch, class_label=class_label, solver=solver, sigmas=sigmas,
+                            tokens=None if tokens is None or not tm.meta.m else tokens, nonfinite="keep", **options):
+        parts.append(part)
         if progress is not None:
-            progress(len(d.seeds))
-    return Samples(np.concatenate(xs), np.concatenate(toks), draws.labels, draws.seeds)
+            progress(len(part))
+    return Samples.concatenate(parts)

@@ -19,9 +19,9 @@ import torch
 from discodiff.errors import UserError
 from discodiff.networks import DisCoDiff
 from discodiff.runtime.contract import SIGMA_MAX, SIGMA_MIN, null_label
-from discodiff.runtime.draws import draw
 from discodiff.runtime.model import BundleModel
-from discodiff.runtime.sampling import sample_batch
+from discodiff.runtime.pipeline import Pipeline
+from discodiff.runtime.schedule import sigma_steps
 from discodiff.sampling import TorchModel
 
 FP32_TOL = 1e-4
@@ -123,15 +123,17 @@ def check_fp16(model: DisCoDiff, backend, rng: np.random.Generator, per_sigma: i
 
 
 def check_sampler(model: DisCoDiff, backend, n: int = 4, steps: int = 18) -> dict:
-    """Whole Heun run on seeds 0..n-1: the sampling core over the graphs vs over the torch networks."""
+    """Whole Heun run on seeds 0..n-1: the runtime's Pipeline over the graphs vs over the torch networks
+    (the same object discodiff-run calls; the manifest does not exist yet, so the models are given)."""
     tm = TorchModel(model)
-    draws = draw(np.arange(n), tm.meta)
-    ref_x, ref_tok = sample_batch(tm, draws, steps=steps)
+    seeds, sigmas = np.arange(n), sigma_steps(steps, tm.meta.sigma_min, tm.meta.sigma_max, tm.meta.rho)
+    options = dict(solver="heun", sigmas=sigmas, batch=n, nonfinite="keep")
+    ref = Pipeline(tm)(seeds, **options)
     out = {"seeds": n, "solver": "heun", "steps": steps}
     for graph in ("denoiser", "denoiser_fp16"):
-        x, tok = sample_batch(BundleModel(backend, tm.meta, denoiser=graph), draws, steps=steps)
-        out[graph] = {"max_abs": _maxabs(x, ref_x), "rel_l2": _rel_l2(x, ref_x),
-                      "token_agreement": float(np.mean(tok == ref_tok)) if model.cfg.m else 1.0}
+        got = Pipeline(BundleModel(backend, tm.meta, denoiser=graph))(seeds, **options)
+        out[graph] = {"max_abs": _maxabs(got.x, ref.x), "rel_l2": _rel_l2(got.x, ref.x),
+                      "token_agreement": float(np.mean(got.tokens == ref.tokens)) if model.cfg.m else 1.0}
     if out["denoiser"]["max_abs"] > FP32_TOL or out["denoiser"]["token_agreement"] < 1.0:
         raise ParityError(f"sampler: ONNX Runtime samples differ from PyTorch by {out['denoiser']['max_abs']:.2e} "
                           f"(token agreement {out['denoiser']['token_agreement']:.2f})")

@@ -22,7 +22,7 @@ import numpy as np
 from discodiff.cli_util import CONTEXT, FloatRange, IntRange, main_for, run
 from discodiff.errors import UserError
 from discodiff.runtime.bundle import BACKENDS, DEVICES, PRECISIONS, PRIORS
-from discodiff.runtime.cpu import SPIN, plan_cpu
+from discodiff.runtime.cpu import SPIN
 from discodiff.runtime.limits import MAX_CHURN, MAX_GUIDANCE, MAX_NFE, MAX_SEED, MAX_STEPS, MAX_TEMPERATURE
 from discodiff.runtime.plan import PLAN_SCHEDULES, PlanError, plan
 from discodiff.runtime.solvers import SOLVERS
@@ -121,11 +121,11 @@ def command(bundle, n, seed, class_, shard, nfe, solver, schedule, steps, churn,
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory")
 
-    from discodiff.runtime.bundle import open_bundle
     from discodiff.runtime.manifest import Manifest
+    from discodiff.runtime.pipeline import Pipeline
 
     man = Manifest.load(bundle)
-    try:
+    try:   # checked before any session is made
         p = plan(man.meta, man.sampling, solver=solver, schedule=schedule, steps=steps, nfe=nfe, bundle=str(bundle))
     except PlanError as e:
         raise UserError(f"{e} (--solver/--schedule/--steps/--nfe)") from None
@@ -145,45 +145,37 @@ def command(bundle, n, seed, class_, shard, nfe, solver, schedule, steps, churn,
     if len(seeds) == 0:  # more shards than samples: this shard's share of the union is empty
         click.echo(f"shard {shard[0]}/{shard[1]} of {n} samples is empty; nothing to write")
         return
-    cpu = plan_cpu(threads, spin)
-    _sample(man, seeds, label, out, shard, quiet, open_bundle(bundle, backend, precision, device, cpu.threads, prior,
-                                                               spinning=cpu.spinning, manifest=man), cpu,
-            p, dict(guidance=guidance, churn=churn, temperature=temperature, top_k=top_k,
-                    recompute_prior=prior == "recompute"), batch)
+    options = dict(nfe=nfe, steps=steps, solver=solver, schedule=schedule, guidance=guidance, churn=churn,
+                   temperature=temperature, top_k=top_k, class_label=label, batch=batch)
+    with Pipeline.open(bundle, backend=backend, precision=precision, device=device, threads=threads, spin=spin,
+                       prior=prior, manifest=man) as pipe:
+        _sample(pipe, p, seeds, out, shard, quiet, options)
 
 
-def _sample(man, seeds, label, out, shard, quiet, opened, cpu, p, options: dict, batch: int) -> None:
+def _sample(pipe, p, seeds, out, shard, quiet, options: dict) -> None:
+    """Stream the pipeline's batches into --out; a failure (a non-finite sample included) writes nothing."""
     from tqdm import tqdm
 
     from discodiff.runtime.output import RunWriter
-    from discodiff.runtime.sampling import iter_batches, nonfinite_rows
 
-    steps, solver = p.steps, p.solver
-    timing: dict = {}
-    with opened, RunWriter(out, len(seeds), man.meta.data_shape, man.meta.m, shard) as writer:
-        be = opened.backend
-        with tqdm(total=len(seeds) * steps, disable=quiet, unit="step", dynamic_ncols=True,
-                  desc=f"sampling {len(seeds)} ({be.name}, {solver} on {p.schedule}, {p.nfe} calls)") as bar:
+    meta, be = pipe.meta, pipe.backend
+    prior_s = ode_s = 0.0
+    with RunWriter(out, len(seeds), meta.data_shape, meta.m, shard) as writer:
+        with tqdm(total=len(seeds) * p.steps, disable=quiet, unit="step", dynamic_ncols=True,
+                  desc=f"sampling {len(seeds)} ({be.name}, {p.solver} on {p.schedule}, {p.nfe} calls)") as bar:
             t_start = time.perf_counter()
-            for d, x, tok in iter_batches(opened.model, seeds, batch, class_label=label, timing=timing, solver=solver,
-                                          sigmas=p.sigmas, callback=lambda i, x: bar.update(len(x)), **options):
-                bad = d.seeds[nonfinite_rows(x)]
-                if len(bad):   # nothing is written: the writer removes what it had when this leaves the block
-                    shown = ", ".join(str(s) for s in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-                    raise UserError(f"{len(bad)} sample(s) came out non-finite (NaN or inf), seed(s) {shown}, with "
-                                    f"{solver} on {p.schedule}, guidance {options['guidance']}; nothing was written. "
-                                    "Lower --guidance or try another --solver; if it persists, re-export the bundle")
-                writer.add(d.seeds, x, tok, d.labels)
+            for s in pipe.stream(seeds, callback=lambda i, x: bar.update(len(x)), **options):
+                writer.add(s.seeds, s.x, s.tokens, s.labels)
+                prior_s, ode_s = prior_s + s.timing["prior_s"], ode_s + s.timing["ode_s"]
             total = time.perf_counter() - t_start
-        calls = be.calls(opened.denoiser)
+        calls = pipe.calls()
         summary = {"samples": len(seeds), "seeds": [int(seeds[0]), int(seeds[-1])],
-                   "shard": list(shard) if shard else None, "backend": be.name, "denoiser_graph": opened.denoiser,
+                   "shard": list(shard) if shard else None, "backend": be.name, "denoiser_graph": pipe.denoiser,
                    **p.describe(), "denoiser_calls": calls,
                    "guidance": options["guidance"], "churn": options["churn"],
-                   "prior": "recompute" if options["recompute_prior"] else "cache", "batch": batch,
-                   "prior_s": timing.get("prior_s", 0.0), "ode_s": timing.get("ode_s", 0.0), "total_s": total,
-                   "per_nfe_ms": 1000 * timing.get("ode_s", 0.0) / max(calls, 1), "graphs": be.summary(),
-                   **cpu.describe()}
+                   "prior": "recompute" if pipe.recompute_prior else "cache", "batch": options["batch"],
+                   "prior_s": prior_s, "ode_s": ode_s, "total_s": total,
+                   "per_nfe_ms": 1000 * ode_s / max(calls, 1), "graphs": be.summary(), **pipe.cpu.describe()}
         picture = writer.finish(summary)
     click.echo(f"{len(seeds)} samples in {total:.2f} s (prior {summary['prior_s']:.3f} s, ODE {summary['ode_s']:.2f} s, "
                f"{summary['nfe_per_sample']} denoiser calls per sample, {summary['per_nfe_ms']:.1f} ms per call) "

@@ -55,9 +55,10 @@ class Draws:
         return Draws(self.seeds[idx], self.labels[idx], self.u[idx], self.noise[idx])
 
 
-def draw(seeds, meta: ModelMeta, class_label: int | None = None) -> Draws:
-    """The draws of samples `seeds` for a model: class labels (drawn per seed, or `class_label` for all,
-    or the prior's null label when unconditional), prior uniforms and initial noise."""
+def draw(seeds, meta: ModelMeta, class_label: int | np.ndarray | None = None) -> Draws:
+    """The draws of samples `seeds` for a model: class labels (drawn per seed; or `class_label` for all;
+    or one per seed, -1 meaning drawn; the prior's null label when unconditional), prior uniforms and
+    initial noise. A given label never changes the seed's other draws."""
     seeds = np.asarray(seeds, np.int64).reshape(-1)
     if (seeds < 0).any():
         raise ValueError("seeds must be >= 0")
@@ -65,6 +66,9 @@ def draw(seeds, meta: ModelMeta, class_label: int | None = None) -> Draws:
         labels = np.full(len(seeds), meta.null_label, np.int32)
     elif class_label is None:
         labels = class_labels(seeds, meta.num_classes)
-    else:
+    elif np.ndim(class_label) == 0:
         labels = np.full(len(seeds), class_label, np.int32)
+    else:
+        given = np.asarray(class_label, np.int64).reshape(-1)
+        labels = np.where(given >= 0, given, class_labels(seeds, meta.num_classes)).astype(np.int32)
     return Draws(seeds, labels, prior_uniforms(seeds, meta.m), initial_noise(seeds, tuple(meta.data_shape)))
