@@ -207,3 +207,15 @@ def test_a_failed_run_removes_the_out_folder_it_made(capsys, toy8_bundle, tmp_pa
     rc, _, err = call(capsys, run_cli, "--bundle", b, "--out", out, *RUN)
     one_error_line(rc, err, "discodiff-run", "non-finite")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("prog", ["discodiff-fit", "discodiff-serve"])
+def test_deeply_nested_manifest_is_one_line_for_fit_and_serve(toy8_bundle, tmp_path, prog):
+    """The same manifest reader serves every command: a nested manifest never reaches a traceback (the
+    server refuses before it binds any port)."""
+    b = copy_tree(toy8_bundle, tmp_path / "b")
+    (b / "manifest.json").write_text("[" * 200_000)
+    args = ["--nfe", "4"] if prog == "discodiff-fit" else ["--http-port", "1", "--grpc-port", "2", "--metrics-port", "3"]
+    proc = subprocess.run([str(VENV_BIN / prog), "--bundle", str(b), *args], capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and "not valid JSON" in lines[0] and "Traceback" not in proc.stderr
