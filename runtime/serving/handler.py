@@ -7,30 +7,45 @@ several requests at once, possibly with different settings: it groups them by se
 group as one runtime batch (in chunks of the bundle's batch limit). Every item is drawn from its own seed,
 so a sample does not depend on which requests it was batched with, and equals `discodiff-run`'s.
 
+Every parameter is bounded as discodiff-run bounds it (discodiff.runtime.limits; top_k by the model's k),
+and so is the work of one item: a plan needing more than `max_calls` denoiser calls per sample is refused
+(guidance's doubled batch does not count: it is one call), so no request can hold an instance for hours.
+
 A request that cannot be served gets its own one-line message in the `error` output (an exception
-would fail every request of the batch); the others in the batch are answered normally.
+would fail every request of the batch); the others in the batch are answered normally. So does an item
+whose sample came out non-finite (NaN/inf): it is never returned as a success. When the server is
+stopping (`stopping` set), sampling stops at the next solver step and the unfinished items are answered
+with an error saying so.
 Outputs: `sample` (uint8 [H, W, 3] for image models, the PNG pixels discodiff-run writes; float32 [D]
-for vectors), `tokens` int32 [m] (absent when m = 0), `error` bytes [1] (empty on success).
+for vectors; zeros for a failed item), `tokens` int32 [m] (absent when m = 0; -1 for a failed item),
+`error` bytes [1] (empty on success).
 """
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from discodiff.runtime.draws import draw
 from discodiff.runtime.images import to_uint8
+from discodiff.runtime.limits import MAX_GUIDANCE, MAX_NFE, MAX_SEED, MAX_STEPS, MAX_TEMPERATURE
 from discodiff.runtime.plan import Plan, PlanError, plan
-from discodiff.runtime.sampling import sample_batch
+from discodiff.runtime.sampling import nonfinite_rows, sample_batch
 
-MAX_SEED = 2**62
+MAX_CALLS = 400             # default bound on denoiser calls per sample (discodiff-serve --max-calls)
 PARAMS = ("solver", "schedule", "nfe", "steps", "guidance", "temperature", "top_k")
 RESERVED = ("sequence_id", "sequence_start", "sequence_end", "priority", "timeout")
+STOPPING = "the server is stopping and this sample was not finished; send the request again (to another replica)"
 
 
 class RequestError(ValueError):
     """What is wrong with one request (sent back in its `error` output)."""
+
+
+class Stopping(Exception):
+    """The server is shutting down: abandon the batch in flight."""
 
 
 @dataclass(frozen=True)
@@ -46,18 +61,22 @@ class Settings:
                 self.top_k)
 
 
-def _number(params: dict, name: str, default, low: float, kind=float):
+def _number(params: dict, name: str, default, low: float, high: float, kind=float):
     v = params.get(name, default)
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
-    if not ok or not math.isfinite(v) or v < low:
-        raise RequestError(f"parameter {name} must be a{'n integer' if kind is int else ' finite number'} >= {low}, "
-                           f"got {v!r}")
+    if not ok or not math.isfinite(v) or not low <= v <= high:
+        what = "an integer" if kind is int else "a finite number"
+        raise RequestError(f"parameter {name} must be {what} in {low:g}..{high:g}, got {v!r}")
     return kind(v)
 
 
 class SampleHandler:
-    def __init__(self, model, sampling: dict, max_batch: int):
+    def __init__(self, model, sampling: dict, max_batch: int, max_calls: int = MAX_CALLS,
+                 stopping: threading.Event | None = None):
         self.model, self.meta, self.sampling, self.max_batch = model, model.meta, sampling, max_batch
+        self.max_calls, self.stopping = max_calls, stopping or threading.Event()
+        self.cut_off = 0            # items answered with STOPPING (the server's exit code counts them)
+        self.busy = 0               # calls in progress (one at a time per instance)
 
     # ----------------------------------------------------------------------------------- parsing
     def settings(self, params: dict) -> Settings:
@@ -68,14 +87,20 @@ class SampleHandler:
         for name in ("solver", "schedule"):
             if name in params and not isinstance(params[name], str):
                 raise RequestError(f"parameter {name} must be a string, got {params[name]!r}")
-        counts = {n: _number(params, n, None, 1, int) if n in params else None for n in ("nfe", "steps")}
+        counts = {n: _number(params, n, None, 1, high, int) if n in params else None
+                  for n, high in (("nfe", MAX_NFE), ("steps", MAX_STEPS))}
         try:
             p = plan(self.meta, self.sampling, solver=params.get("solver"), schedule=params.get("schedule"),
                      bundle="the served bundle", **counts)
         except PlanError as e:
             raise RequestError(str(e)) from None
-        return Settings(p, _number(params, "guidance", 1.0, 0), _number(params, "temperature", 1.0, 0),
-                        _number(params, "top_k", 0, 0, int))
+        if p.nfe > self.max_calls:
+            raise RequestError(f"this request needs {p.nfe} denoiser calls per sample ({p.solver} on {p.steps} "
+                               f"levels) and this server allows at most {self.max_calls} (discodiff-serve "
+                               "--max-calls); ask for fewer steps or nfe")
+        return Settings(p, _number(params, "guidance", 1.0, 0, MAX_GUIDANCE),
+                        _number(params, "temperature", 1.0, 0, MAX_TEMPERATURE),
+                        _number(params, "top_k", 0, 0, self.meta.k, int))
 
     def items(self, data: dict) -> tuple[np.ndarray, np.ndarray]:
         """(seeds int64 [B], class labels int32 [B], -1 = drawn) of one request's inputs."""
@@ -99,56 +124,85 @@ class SampleHandler:
         return seeds, labels
 
     # ----------------------------------------------------------------------------------- sampling
+    def _check_stopping(self, *_):
+        if self.stopping.is_set():
+            raise Stopping
+
     def sample(self, settings: Settings, seeds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """x [n, *data_shape], tokens [n, m] for these items, in chunks of the batch limit."""
+        """x [n, *data_shape], tokens [n, m] for these items, in chunks of the batch limit; raises Stopping
+        at the next solver step once the server is stopping."""
         xs, toks = [], []
         for i in range(0, len(seeds), self.max_batch):
+            self._check_stopping()
             d = draw(seeds[i:i + self.max_batch], self.meta)
             fixed = labels[i:i + self.max_batch] >= 0
             d.labels = np.where(fixed, labels[i:i + self.max_batch], d.labels).astype(np.int32)
             x, tok = sample_batch(self.model, d, solver=settings.plan.solver, sigmas=settings.plan.sigmas,
-                                  guidance=settings.guidance, temperature=settings.temperature, top_k=settings.top_k)
+                                  guidance=settings.guidance, temperature=settings.temperature, top_k=settings.top_k,
+                                  callback=self._check_stopping)
             xs.append(x)
             toks.append(tok)
         return np.concatenate(xs), np.concatenate(toks)
 
+    def answer(self, settings: Settings, seeds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+        """(x, tokens, error per item) of one group: a non-finite sample fails its own item, naming its seed."""
+        try:
+            x, tok = self.sample(settings, seeds, labels)
+        except Stopping:
+            self.cut_off += len(seeds)
+            return self._blank(len(seeds)) + ([STOPPING] * len(seeds),)
+        bad = nonfinite_rows(x)
+        p = settings.plan
+        errors = [f"sample for seed {s} is not finite (NaN/inf) with {p.solver} on {p.schedule} levels, guidance "
+                  f"{settings.guidance:g}; lower guidance or try another solver" if b else ""
+                  for s, b in zip(seeds.tolist(), bad.tolist())]
+        return x, tok, errors
+
+    def _blank(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((n, *self.meta.data_shape), np.float32), np.full((n, self.meta.m), -1, np.int32)
+
     def outputs(self, x: np.ndarray, tok: np.ndarray, errors: list[str]) -> dict:
-        out = {"sample": to_uint8(x) if self.meta.is_image else x.astype(np.float32),
-               "error": np.array([[e.encode()] for e in errors], dtype=np.object_)}
+        """The response of one request; an item with an error gets zeros (a black image) and tokens -1."""
+        failed = np.array([bool(e) for e in errors], bool)
+        x, tok = x.copy(), tok.astype(np.int32)
+        x[failed], tok[failed] = 0.0, -1                # no NaN is converted, none leaves the server
+        sample = to_uint8(x) if self.meta.is_image else x.astype(np.float32)
+        sample[failed] = 0
+        out = {"sample": sample, "error": np.array([[e.encode()] for e in errors], dtype=np.object_)}
         if self.meta.m:
-            out["tokens"] = tok.astype(np.int32)
+            out["tokens"] = tok
         return out
 
     def failed(self, n: int, message: str) -> dict:
-        shape = (n, *self.meta.data_shape)
-        x = np.zeros(shape, np.float32)
-        return self.outputs(x, np.full((n, self.meta.m), -1, np.int32), [message] * n)
+        return self.outputs(*self._blank(n), [message] * n)
 
     # ----------------------------------------------------------------------------------- requests
     def __call__(self, requests) -> list[dict]:
         """Triton requests (`.data` dict of inputs, `.parameters` dict) -> one response dict each."""
-        parsed, groups = [], {}
-        for r in requests:
+        self.busy += 1
+        try:
+            return self._answer_all(requests)
+        finally:
+            self.busy -= 1
+
+    def _answer_all(self, requests) -> list[dict]:
+        responses: list[dict | None] = [None] * len(requests)
+        groups: dict[tuple, list] = {}
+        for i, r in enumerate(requests):
             try:
                 s = self.settings(getattr(r, "parameters", None))
                 seeds, labels = self.items(r.data)
-                parsed.append((s, seeds, labels))
-                groups.setdefault(s.key, []).append(len(parsed) - 1)
+                groups.setdefault(s.key, []).append((i, s, seeds, labels))
             except RequestError as e:
                 n = next((len(np.asarray(v)) for v in r.data.values()), 1)   # items: any input's batch axis
-                parsed.append((None, n, " ".join(str(e).split()) or "bad request"))
-        responses: list[dict | None] = [None] * len(requests)
-        for idxs in groups.values():
-            s = parsed[idxs[0]][0]
-            seeds = np.concatenate([parsed[i][1] for i in idxs])
-            labels = np.concatenate([parsed[i][2] for i in idxs])
-            x, tok = self.sample(s, seeds, labels)
+                responses[i] = self.failed(n, " ".join(str(e).split()) or "bad request")
+        for members in groups.values():
+            s = members[0][1]
+            x, tok, errors = self.answer(s, np.concatenate([m[2] for m in members]),
+                                         np.concatenate([m[3] for m in members]))
             start = 0
-            for i in idxs:
-                n = len(parsed[i][1])
-                responses[i] = self.outputs(x[start:start + n], tok[start:start + n], [""] * n)
+            for i, _, seeds, _ in members:
+                n = len(seeds)
+                responses[i] = self.outputs(x[start:start + n], tok[start:start + n], errors[start:start + n])
                 start += n
-        for i, p in enumerate(parsed):
-            if p[0] is None:
-                responses[i] = self.failed(p[1], p[2])
         return responses

@@ -22,6 +22,7 @@ import sys
 import sysconfig
 import tempfile
 
+_SHIMS: list[str] = []      # private folders made here, removed at exit (or by a server ending hard)
 _VERSION_PROBE = ("import ctypes,sys;f=ctypes.CDLL(sys.argv[1]).Py_GetVersion;f.restype=ctypes.c_char_p;"
                   "print(f().decode().split()[0])")
 
@@ -32,6 +33,12 @@ class LibpythonMismatch(RuntimeError):
 
 def _soname() -> str:
     return sysconfig.get_config_var("INSTSONAME") or f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0"
+
+
+def remove_shims() -> None:
+    """Remove the folders ensure_stub_libpython made (atexit does it; a server ending with os._exit calls it)."""
+    while _SHIMS:
+        shutil.rmtree(_SHIMS.pop(), ignore_errors=True)
 
 
 def stub_path() -> str:
@@ -95,7 +102,9 @@ def ensure_stub_libpython() -> str:
             "from a Python built with --enable-shared (e.g. the system's /usr/bin/python3)")
     shim = tempfile.mkdtemp(prefix="discodiff-libpython-")
     os.symlink(mine, os.path.join(shim, _soname()))
-    atexit.register(shutil.rmtree, shim, True)
+    if not _SHIMS:
+        atexit.register(remove_shims)
+    _SHIMS.append(shim)
     path = shim + (":" + old if old else "")
     if libpython_version(resolved_libpython(stub, path) or "") != want:
         raise LibpythonMismatch(f"could not make Triton's Python stub load {mine} (Python {want}); set LD_LIBRARY_PATH "

@@ -4,15 +4,34 @@ The bundle is opened and checked before anything binds a port. Triton's dynamic 
 concurrent requests into one call of the handler (at most `max_batch` items, waiting at most
 `queue_delay_us` for more); its queue is bounded and rejects requests beyond `max_queue` (HTTP 503 /
 gRPC UNAVAILABLE) rather than growing. Several `instances` each own a runtime (their own ONNX Runtime
-sessions) and run in parallel. SIGTERM or SIGINT: Triton stops taking requests, finishes those in
-flight, and the server exits 0.
+sessions) and run in parallel. One item may cost at most `max_calls` denoiser calls (handler.py).
+
+Stopping. On SIGTERM or SIGINT Triton stops taking requests and those in flight may finish, but the
+process is gone within `exit_timeout_s` of the signal whatever is in flight. The last min(4 s, half) of
+that window is kept for Triton to unload the model (2-4 s here): a request still sampling then is cut
+off at its next solver step and its items answered with an error; if the server has still not stopped
+at the deadline (a graph call that does not return, a slow unload), it kills the Triton processes it
+started, removes its workspace and exits at once. Exit code: 0 when every request in flight was answered
+normally (also when the server was ended at the deadline with nothing in flight); 1 when answers were
+lost: items cut off, or a request still in a handler when the server was ended.
+
+Readiness. Triton's `/v2/health/ready` and `/v2/models/discodiff/ready` look at Triton only: once the
+model's Python-backend stub (the process carrying requests from Triton to this one) is dead they stay
+200 while every inference fails with 500. So the server watches its stub processes (and Triton, and
+PyTriton's threads) every 0.25 s; when one dies it says so in one line, kills its Triton server at once
+(its ports close, so health checks and load balancers see the replica down) and exits 1, for a
+supervisor (systemd `Restart=on-failure`, a Kubernetes restart policy) to start it again. It does not
+restart the stub itself: PyTriton has no way to connect a new stub to this process's handlers.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +40,13 @@ from discodiff.errors import UserError
 from discodiff.runtime.bundle import Opened, open_bundle
 from discodiff.runtime.cpu import plan_cpu
 from discodiff.runtime.manifest import Manifest
-from discodiff.runtime.serving.handler import SampleHandler
+from discodiff.runtime.plan import PlanError, plan
+from discodiff.runtime.serving.handler import MAX_CALLS, SampleHandler
 
 MODEL = "discodiff"
+STUB = "triton_python_backend_stub"
+UNLOAD_RESERVE_S = 4.0          # of the exit timeout, kept for Triton to unload the model after a cut-off
+WATCH_S = 0.25
 
 
 @dataclass
@@ -40,6 +63,7 @@ class ServeOptions:
     precision: str = "auto"
     threads: int | None = None
     exit_timeout_s: int = 10
+    max_calls: int = MAX_CALLS
 
 
 def open_instances(bundle: Path, o: ServeOptions) -> tuple[Manifest, list[Opened]]:
@@ -48,6 +72,13 @@ def open_instances(bundle: Path, o: ServeOptions) -> tuple[Manifest, list[Opened
     if o.max_batch > man.sampling_batch_max:
         raise UserError(f"--max-batch {o.max_batch} is above the bundle's limit {man.sampling_batch_max}; lower it "
                         "or re-export with a larger --max-batch")
+    try:
+        default = plan(man.meta, man.sampling)
+    except PlanError as e:
+        raise UserError(f"the bundle's default sampling settings cannot be served: {e}") from None
+    if default.nfe > o.max_calls:   # else every request without settings would be refused
+        raise UserError(f"--max-calls {o.max_calls} is below the bundle's default of {default.nfe} denoiser calls per "
+                        f"sample ({default.solver} on {default.steps} levels); raise it to at least {default.nfe}")
     cpu = plan_cpu(o.threads, "off" if o.instances > 1 else "auto")   # instances must not spin against each other
     threads = o.threads or max(1, cpu.threads // o.instances)
     opened: list[Opened] = []
@@ -76,12 +107,79 @@ def tensors(man: Manifest):
     return inputs, outputs
 
 
+# ----------------------------------------------------------------------------------- our Triton processes
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process from /proc, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()   # the name before ')' may hold spaces
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _alive(pid: int, parent: int) -> bool:
+    st = _stat(pid)
+    return st is not None and st[0] not in "ZXx" and st[1] == parent   # a zombie or a reused pid is not it
+
+
+def _children(parent: int, program: str) -> list[int]:
+    """Live children of `parent` running `program` (empty where /proc cannot be read)."""
+    found = []
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        if not _alive(pid, parent):
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0")[0]
+        except OSError:
+            continue
+        if os.path.basename(argv0) == program.encode():
+            found.append(pid)
+    return found
+
+
+@dataclass
+class Processes:
+    """The tritonserver this process started and the model's stubs under it, as (pid, parent pid)."""
+    triton: list[tuple[int, int]] = field(default_factory=list)
+    stubs: list[tuple[int, int]] = field(default_factory=list)
+
+    @classmethod
+    def find(cls) -> "Processes":
+        me = os.getpid()
+        triton = [(t, me) for t in _children(me, "tritonserver")]
+        return cls(triton, [(s, t) for t, _ in triton for s in _children(t, STUB)])
+
+    def dead_stub(self) -> int | None:
+        return next((pid for pid, parent in self.stubs if not _alive(pid, parent)), None)
+
+    def kill(self) -> None:
+        for pid, parent in self.triton + self.stubs:
+            if _alive(pid, parent):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+# ----------------------------------------------------------------------------------- run and stop
 def serve(bundle: Path, o: ServeOptions, log=print, ready: threading.Event | None = None) -> int:
-    """Run the server until SIGTERM/SIGINT; returns the exit code (0 after a clean drain)."""
+    """Run the server until SIGTERM/SIGINT or a dead stub; returns the exit code (0 after a clean drain). Ends
+    the process itself (os._exit) when it cannot stop within the exit timeout."""
     t0 = time.perf_counter()
     man, opened = open_instances(bundle, o)
-    stop = threading.Event()
-    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop, stopping, signalled = threading.Event(), threading.Event(), []
+
+    def on_signal(*_):
+        signalled.append(time.monotonic())     # the exit timeout counts from the first signal
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         from discodiff.runtime.serving.libpython import LibpythonMismatch, ensure_stub_libpython
 
@@ -91,6 +189,7 @@ def serve(bundle: Path, o: ServeOptions, log=print, ready: threading.Event | Non
             raise UserError(str(e)) from None
         from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, TimeoutAction
         from pytriton.triton import Triton, TritonConfig
+        from pytriton.utils.workspace import Workspace
 
         config = TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
                               metrics_address=o.host, metrics_port=o.metrics_port, exit_timeout_secs=o.exit_timeout_s,
@@ -98,28 +197,83 @@ def serve(bundle: Path, o: ServeOptions, log=print, ready: threading.Event | Non
         model_config = ModelConfig(max_batch_size=o.max_batch, batcher=DynamicBatcher(
             max_queue_delay_microseconds=o.queue_delay_us,
             default_queue_policy=QueuePolicy(max_queue_size=o.max_queue, timeout_action=TimeoutAction.REJECT)))
-        handlers = [SampleHandler(b.model, man.sampling, o.max_batch) for b in opened]
+        handlers = [SampleHandler(b.model, man.sampling, o.max_batch, o.max_calls, stopping) for b in opened]
         inputs, outputs = tensors(man)
-        triton = Triton(config=config)
+        workspace, triton = Workspace(), None      # ours, so that an exit at the deadline can remove it
         try:
+            triton = Triton(config=config, workspace=workspace)
             triton.bind(model_name=MODEL, infer_func=handlers if len(handlers) > 1 else handlers[0], inputs=inputs,
                         outputs=outputs, config=model_config, strict=True)
             triton.run()
-            log(f"serving {bundle} as model '{MODEL}' on http://{o.host}:{o.http_port} (gRPC {o.grpc_port}, metrics "
-                f"{o.metrics_port}), {o.instances} instance(s), batches up to {o.max_batch}; ready in "
-                f"{time.perf_counter() - t0:.1f} s")
-            if ready is not None:
-                ready.set()
-            while not stop.wait(0.25):
-                if not triton.is_alive():
-                    log("the Triton server stopped on its own; see its log above")
-                    return 1
-            log("stopping: finishing the requests in flight ...")
-        finally:
-            triton.stop()
-        return 0
+        except BaseException:
+            triton.stop() if triton is not None else workspace.clean()
+            raise
+        procs = Processes.find()
+        log(f"serving {bundle} as model '{MODEL}' on http://{o.host}:{o.http_port} (gRPC {o.grpc_port}, metrics "
+            f"{o.metrics_port}), {o.instances} instance(s), batches up to {o.max_batch}, at most {o.max_calls} "
+            f"denoiser calls per sample; ready in {time.perf_counter() - t0:.1f} s")
+        if not procs.stubs:
+            log(f"warning: no {STUB} process found under /proc, so a dead stub will not be noticed")
+        if ready is not None:
+            ready.set()
+        code = watch(triton, procs, stop, o.exit_timeout_s, log)
+        deadline = (signalled[0] if signalled else time.monotonic()) + o.exit_timeout_s
+        return shut_down(triton, procs, workspace, handlers, stopping, deadline, code, log)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         for b in opened:
             b.close()
+
+
+def watch(triton, procs: Processes, stop: threading.Event, exit_timeout_s: int, log) -> int:
+    """Until a signal (0) or a failure (1): a dead stub kills Triton at once, so readiness drops with it."""
+    while not stop.wait(WATCH_S):
+        dead = procs.dead_stub()
+        if dead is not None:
+            log(f"the model's Python-backend stub (pid {dead}) died, so the model cannot answer; stopping Triton and "
+                "exiting 1 (restart the server, e.g. from a supervisor)")
+            procs.kill()
+            return 1
+        if not triton.is_alive():
+            log("the Triton server stopped on its own; see its log above")
+            return 1
+    log(f"stopping: finishing the requests in flight (the server is gone within {exit_timeout_s} s) ...")
+    return 0
+
+
+def _wait(done, until: float) -> bool:
+    while not done():
+        if time.monotonic() >= until:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def shut_down(triton, procs: Processes, workspace, handlers: list[SampleHandler], stopping: threading.Event,
+              deadline: float, code: int, log) -> int:
+    """Stop Triton by `deadline` (time.monotonic): let requests drain, then cut the batches in flight off, then
+    end the process. Returns the exit code, or does not return."""
+    reserve = max(0.0, min(UNLOAD_RESERVE_S, (deadline - time.monotonic()) / 2))
+    stopper = threading.Thread(target=triton.stop, name="discodiff-stop", daemon=True)
+    stopper.start()
+    done = lambda: not stopper.is_alive() and not workspace.exists()   # noqa: E731 - stop() removes it last
+    if not _wait(done, deadline - reserve):
+        stopping.set()
+    finished = _wait(done, deadline)
+    cut = sum(h.cut_off for h in handlers)
+    if cut:
+        log(f"{cut} item(s) still sampling at the exit timeout were cut off and answered with an error")
+        code = 1
+    if finished:
+        return code
+    code = 1 if cut or any(h.busy for h in handlers) else code
+    log(f"Triton had not stopped by the exit timeout; ending its processes and exiting {code}")
+    procs.kill()
+    shutil.rmtree(workspace.path, ignore_errors=True)
+    from discodiff.runtime.serving.libpython import remove_shims
+
+    remove_shims()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # a handler thread may still be inside a graph call; nothing else would end the process

@@ -1,7 +1,8 @@
 """discodiff-serve for real: Triton (from nvidia-pytriton) on free loopback ports, spoken to with
 tritonclient. Round trip, the same sample as discodiff-run, concurrent requests merged into batches,
-every kind of bad request answered while the server stays healthy, a full queue rejecting, SIGTERM
-draining the requests in flight, and a bad bundle refused before any port is bound."""
+every kind of bad request (and one past any bound) answered while the server stays healthy, a full queue
+rejecting, SIGTERM draining the requests in flight, and a bad bundle refused before any port is bound.
+SIGTERM under load, a killed stub and the option bounds: test_serve_reliability.py."""
 from __future__ import annotations
 
 import os
@@ -128,17 +129,18 @@ def _metrics(port) -> dict[str, float]:
 def test_concurrent_requests_are_batched(server):
     client, ports = server
     before = _metrics(ports[2])
-    results = concurrently(client, range(100, 116), {"steps": 3})
+    results = concurrently(client, range(100, 116), {"steps": 4})
     after = _metrics(ports[2])
     items = after["nv_inference_count"] - before.get("nv_inference_count", 0)
     execs = after["nv_inference_exec_count"] - before.get("nv_inference_exec_count", 0)
     assert items == 16 and execs < 16, (items, execs)        # merged: fewer handler calls than requests
-    alone = infer(client, [105], {"steps": 3}).as_numpy("sample")[0]
+    alone = infer(client, [105], {"steps": 4}).as_numpy("sample")[0]
     np.testing.assert_array_equal(results[5].as_numpy("sample")[0], alone)
 
 
 @pytest.mark.parametrize("case", ["missing_seed", "class_out_of_range", "nfe_without_fit", "unknown_solver",
-                                  "negative_seed", "wrong_dtype", "wrong_shape"])
+                                  "negative_seed", "wrong_dtype", "wrong_shape", "huge_steps", "too_many_calls",
+                                  "huge_guidance"])
 def test_bad_requests_are_answered_and_the_server_keeps_serving(server, case):
     client, _ = server
     if case in ("wrong_dtype", "wrong_shape"):   # Triton itself refuses these, before the model
@@ -152,7 +154,10 @@ def test_bad_requests_are_answered_and_the_server_keeps_serving(server, case):
         assert "seed" in str(exc.value)
     else:
         kw = {"missing_seed": {}, "class_out_of_range": {"classes": [7]}, "nfe_without_fit": {"params": {"nfe": 5, "schedule": "fitted"}},
-              "unknown_solver": {"params": {"solver": "rk4"}}, "negative_seed": {}}[case]
+              "unknown_solver": {"params": {"solver": "rk4"}}, "negative_seed": {},
+              "huge_steps": {"params": {"steps": 10**7}},               # held the only instance for hours
+              "too_many_calls": {"params": {"steps": 201}},             # heun: 401 calls > --max-calls 400
+              "huge_guidance": {"params": {"guidance": 1e308}}}[case]   # gave an all-zero image, no error
         if case == "missing_seed":
             c = http.InferInput("class_label", [1, 1], "INT32")
             c.set_data_from_numpy(np.array([[1]], np.int32))
@@ -162,7 +167,7 @@ def test_bad_requests_are_answered_and_the_server_keeps_serving(server, case):
         msg = r.as_numpy("error")[0, 0].decode()
         assert msg and "\n" not in msg, msg
     assert client.is_server_live() and client.is_model_ready("discodiff")
-    assert infer(client, [1], {"steps": 2}).as_numpy("error")[0, 0] == b""
+    assert infer(client, [1], {"steps": 4}).as_numpy("error")[0, 0] == b""
 
 
 def test_a_full_queue_rejects_and_the_server_recovers(tiny):
@@ -171,7 +176,7 @@ def test_a_full_queue_rejects_and_the_server_recovers(tiny):
         outcome = ["ok" if not isinstance(r, Exception) else str(r) for r in concurrently(client, range(8), {"steps": 40})]
         rejected = [o for o in outcome if o != "ok"]
         assert rejected and all("queue" in o.lower() for o in rejected), outcome
-        assert "ok" in outcome and infer(client, [1], {"steps": 2}).as_numpy("error")[0, 0] == b""
+        assert "ok" in outcome and infer(client, [1], {"steps": 4}).as_numpy("error")[0, 0] == b""
     finally:
         client.close()
         assert stop(proc) == 0
