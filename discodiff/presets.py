@@ -48,7 +48,7 @@ _PRESETS: dict[str, dict] = {
             prior=PriorConfig(width=64, depth=2, heads=4),
         ),
         # 900 steps with cosine decay: on FD_cls (n=4000) 10 against 35 for the former 3000 constant-rate
-        # steps, same class adherence, a third of the time (README "Demo sizing"); fits the slow 2-core demo.
+        # steps, same class adherence, a third of the time (benchmarks/README.md, "The shapes default, before and after"); fits the slow 2-core demo.
         train=TrainConfig(steps=900, batch=64, lr=2e-3, lr_warmup=200, lr_schedule="cosine", ema_halflife=150,
                           code_balance=0.1, prior_steps=600, prior_batch=256, sample_every=450),
     ),

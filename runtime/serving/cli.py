@@ -4,7 +4,7 @@
     discodiff-serve --bundle runs/toy8/bundle --instances 2 --max-batch 16
 
 Clients send one seed (and optionally a class label) per item and the sampling settings as request
-parameters; see README "Serving". Every parameter is bounded as discodiff-run bounds it, and one item may
+parameters; see the README's discodiff-serve section. Every parameter is bounded as discodiff-run bounds it, and one item may
 cost at most --max-calls denoiser calls. Stop with SIGTERM or Ctrl-C: requests in flight may finish, and
 the process is gone within --exit-timeout seconds whatever is in flight (exit 0 when every request was
 answered, 1 when some were cut off). A dead Python-backend stub ends the server with exit 1, so that a
