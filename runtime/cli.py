@@ -134,8 +134,6 @@ def command(bundle, n, seed, class_, shard, nfe, solver, schedule, steps, churn,
                         "or pass --solver heun")
     if top_k > man.meta.k:
         raise UserError(f"--top-k {top_k} is above the model's {man.meta.k} codes; use 0 (all) to {man.meta.k}")
-    if p.note and not quiet:
-        click.echo(p.note, err=True)
     label = parse_class(class_, man.meta.num_classes, man.class_names)
     batch = batch or min(32, man.sampling_batch_max)
     if batch > man.sampling_batch_max:
@@ -145,6 +143,8 @@ def command(bundle, n, seed, class_, shard, nfe, solver, schedule, steps, churn,
     if len(seeds) == 0:  # more shards than samples: this shard's share of the union is empty
         click.echo(f"shard {shard[0]}/{shard[1]} of {n} samples is empty; nothing to write")
         return
+    if p.note and not quiet:   # after every check: a refused run prints its one error line only
+        click.echo(p.note, err=True)
     options = dict(nfe=nfe, steps=steps, solver=solver, schedule=schedule, guidance=guidance, churn=churn,
                    temperature=temperature, top_k=top_k, class_label=label, batch=batch)
     with Pipeline.open(bundle, backend=backend, precision=precision, device=device, threads=threads, spin=spin,
@@ -171,7 +171,7 @@ def _sample(pipe, p, seeds, out, shard, quiet, options: dict) -> None:
         calls = pipe.calls()
         summary = {"samples": len(seeds), "seeds": [int(seeds[0]), int(seeds[-1])],
                    "shard": list(shard) if shard else None, "backend": be.name, "denoiser_graph": pipe.denoiser,
-                   **p.describe(), "denoiser_calls": calls,
+                   **p.describe(), **({"note": p.note} if p.note else {}), "denoiser_calls": calls,
                    "guidance": options["guidance"], "churn": options["churn"],
                    "prior": "recompute" if pipe.recompute_prior else "cache", "batch": options["batch"],
                    "prior_s": prior_s, "ode_s": ode_s, "total_s": total,

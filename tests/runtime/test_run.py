@@ -209,3 +209,16 @@ def test_rerun_into_same_out_replaces_same_seed_files_and_keeps_others(toy8_bund
     assert (out / "mine.txt").read_text() == "keep"
     assert sorted(p.name for p in out.glob("*.npy")) == ["000000.npy", "000001.npy", "000002.npy"]
     np.testing.assert_array_equal(npz(out / "samples.npz")["seeds"], [1, 2])
+
+
+def test_nfe_without_a_fit_says_which_setting_it_used(capsys, toy8_bundle, tmp_path):
+    """--nfe 6 on a bundle with no fit: the best unfitted setting measured for 6 calls, one line saying so
+    (and how to fit), the choice recorded in timing.json; the samples are those of that setting named."""
+    rc, _, err = call(capsys, run_cli, "--bundle", toy8_bundle, "--out", tmp_path / "a", "--n", 3, "--nfe", 6)
+    assert rc == 0, err
+    note = [line for line in err.splitlines() if "6 calls:" in line]
+    assert len(note) == 1 and "dpm2m on logsnr" in note[0] and "discodiff-fit --bundle" in note[0]
+    t = json.loads((tmp_path / "a" / "timing.json").read_text())
+    assert (t["solver"], t["schedule"], t["nfe_per_sample"]) == ("dpm2m", "logsnr", 6) and t["note"] == note[0]
+    cli_run(capsys, toy8_bundle, tmp_path / "b", "--n", 3, "--solver", "dpm2m", "--schedule", "logsnr", "--steps", 6)
+    np.testing.assert_array_equal(npz(tmp_path / "a" / "samples.npz")["x"], npz(tmp_path / "b" / "samples.npz")["x"])
