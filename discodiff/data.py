@@ -1,4 +1,6 @@
-"""Data sets: float32 vectors (.npy), image folders, EDM-style zips, and built-in presets.
+"""Data sets: float32 vectors (.npy), image folders, EDM-style zips, and the built-in data sets (toy8,
+shapes) that presets name. Below `presets` (which picks models and training options for them): this
+module imports no preset.
 
 Torch-free: everything is loaded into memory as numpy (the data sets this toolkit targets are small),
 and training turns it into tensors. Images are float32 [N, C, H, W] in [-1, 1]; vectors [N, D].
@@ -25,6 +27,7 @@ from discodiff.config import DataSpec
 from discodiff.errors import UserError
 from discodiff.imageheader import image_size
 from discodiff.jsonfile import parse_json
+from discodiff.shapes import COLOURS, SHAPES, make_shapes
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_CLASSES = 100_000    # labels are bounded before anything is allocated from them
@@ -35,6 +38,8 @@ MAX_LABELS_BYTES = 2**26  # dataset.json: 64 MiB holds labels for about two mill
 
 @dataclass
 class Dataset:
+    """A data set in memory, with what training and the benchmarks need to know about it."""
+
     x: np.ndarray                       # float32 [N, D] or [N, C, H, W] in [-1, 1]
     labels: np.ndarray | None = None    # int64 [N], or None when unconditional
     num_classes: int = 0
@@ -44,10 +49,12 @@ class Dataset:
 
     @property
     def is_image(self) -> bool:
+        """True for images [N, C, H, W], False for vectors [N, D]."""
         return self.x.ndim == 4
 
     @property
     def data_shape(self) -> tuple[int, ...]:
+        """One example's shape: (D,) or (C, H, W)."""
         return tuple(int(s) for s in self.x.shape[1:])
 
     def __len__(self) -> int:
@@ -68,13 +75,13 @@ def toy8(n: int, seed: int, radius: float = 3.0, std: float = 0.2) -> Dataset:
 
 
 def toy8_centres(radius: float = 3.0) -> np.ndarray:
+    """The 8 mixture means, evenly spaced on a circle of `radius`: float64 [8, 2]."""
     angles = 2 * np.pi * np.arange(8) / 8
     return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # [8, 2]
 
 
 def shapes(n: int, res: int, seed: int) -> Dataset:
-    from discodiff.shapes import COLOURS, SHAPES, make_shapes
-
+    """The `shapes` images (discodiff.shapes): n RGB images res x res, labelled by shape, colour a factor."""
     images, shape, colour = make_shapes(n, res, seed)
     return Dataset(
         x=_to_float_chw(images),
@@ -84,6 +91,15 @@ def shapes(n: int, res: int, seed: int) -> Dataset:
         factors={"shape": shape, "colour": colour, "colour_names": np.array(list(COLOURS))},
         name="shapes",
     )
+
+
+def preset_dataset(spec: DataSpec) -> Dataset:
+    """The built-in data set a `kind="preset"` spec names ("toy8" or "shapes"), at its size and seed."""
+    if spec.preset == "toy8":
+        return toy8(spec.n, spec.seed)
+    if spec.preset == "shapes":
+        return shapes(spec.n, spec.resolution, spec.seed)
+    raise UserError(f"unknown data preset {spec.preset!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +137,7 @@ def _open_regular(path: Path):
 
 
 def load_npy(path: Path) -> Dataset:
+    """Vectors from a .npy file: numeric [N, D], N >= 2, finite and within float32 (no pickles) -> float32."""
     try:
         with _open_regular(path) as f:
             x = np.load(f, allow_pickle=False)
@@ -249,6 +266,8 @@ def _read_image_file(p: Path) -> bytes:
 
 
 def load_folder(path: Path, resolution: int) -> Dataset:
+    """Images from a folder (one class per subfolder when every image sits in one and there are several),
+    resized to `resolution` x `resolution` when it is given."""
     files = _image_files(path)
     if not files:
         raise UserError(f"{path} contains no images ({', '.join(IMAGE_EXTS)}); point --data at a folder of images")
@@ -329,9 +348,9 @@ def _zip_labels(zf: zipfile.ZipFile, path: Path, images: set[str]) -> dict[str, 
 
 
 def load(spec: DataSpec) -> Dataset:
+    """The data set `spec` describes: a built-in preset, a .npy file, an image folder or an EDM-style zip;
+    one UserError line for anything wrong with it (and for fewer than 2 examples)."""
     if spec.kind == "preset":
-        from discodiff.presets import preset_dataset
-
         return preset_dataset(spec)
     path = Path(spec.path)
     check_path(path)

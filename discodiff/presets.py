@@ -18,7 +18,7 @@ export, runtime and the scaling benchmark.
 from __future__ import annotations
 
 from discodiff.config import DataSpec, DenoiserConfig, EncoderConfig, ModelConfig, PriorConfig, TrainConfig
-from discodiff.data import Dataset, shapes, toy8
+from discodiff.data import Dataset, preset_dataset  # noqa: F401 - preset_dataset lives in data; old callers import it here
 from discodiff.errors import UserError
 
 DEFAULT_PRESET = "shapes"
@@ -104,22 +104,16 @@ SIZE_PRESETS = ("cifar-size", "in64-size", "xl")
 
 
 def names() -> list[str]:
+    """The preset names, in the table's order."""
     return list(_PRESETS)
 
 
 def get(name: str) -> tuple[DataSpec, ModelConfig, TrainConfig]:
+    """The data, model and training options of preset `name`; one UserError line for an unknown name."""
     if name not in _PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(_PRESETS)}")
     p = _PRESETS[name]
     return p["data"], p["model"], p["train"]
-
-
-def preset_dataset(spec: DataSpec) -> Dataset:
-    if spec.preset == "toy8":
-        return toy8(spec.n, spec.seed)
-    if spec.preset == "shapes":
-        return shapes(spec.n, spec.resolution, spec.seed)
-    raise UserError(f"unknown data preset {spec.preset!r}")
 
 
 def model_for(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:

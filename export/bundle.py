@@ -6,6 +6,10 @@ Only a bundle this toolkit wrote is ever replaced (`check_destination`). TensorR
 added to a finished bundle: engine files first, the updated manifest last (atomically), so the bundle
 is valid at every moment.
 
+The manifest is built from the runtime's own types (`discodiff.runtime.manifest.Manifest` and its
+parts) and written as `Manifest.to_dict()`, so no key is spelled here that the runtime reads; what only
+people read (provenance, parity figures, lint, export costs) goes into `Manifest.info` (`export_info`).
+
 Concurrent writers (a second export, discodiff-fit adding schedules) take the bundle's lock
 (`discodiff.lock`) around what they change in it: the export for its last check and the rename, the
 engine step and discodiff-fit for their read-modify-write of manifest.json (`fit.cli.update_manifest`:
@@ -22,6 +26,7 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +48,8 @@ from discodiff.export.onnx_export import EXTERNAL_DATA_ABOVE_MIB, OPSET, data_fi
 from discodiff.runtime.backends.ort import OrtBackend
 from discodiff.runtime.fit.cli import PROBE_PREFIX, update_manifest
 from discodiff.runtime.fit.model import DEFAULT_FIT_SOLVER, fit_bundle, with_fits
-from discodiff.runtime.manifest import FORMAT, MANIFEST, MAX_MANIFEST_BYTES, SCHEMA, Manifest, open_inside
+from discodiff.runtime.manifest import MANIFEST, MAX_MANIFEST_BYTES, Engine, Manifest, Sampling, TimingCache, \
+    bundle_files, open_inside
 from discodiff.sampling import model_meta
 
 
@@ -78,18 +84,12 @@ def check_destination(out: Path) -> None:
         raise UserError(f"--out {out} is a file, not a bundle directory; {NOT_OURS}")
     if not any(p.name != LOCK_FILE for p in out.iterdir()):
         return
-    raw = _read_manifest(out)
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+    named = bundle_files(_read_manifest(out))
+    if named is None:
         raise UserError(f"{out} exists and is not a bundle written by discodiff-export; {NOT_OURS}")
     for prefix in (f".{Path(MANIFEST).stem}.", PROBE_PREFIX):   # a killed manifest rewrite's, a killed fit's
         reclaim(out, prefix)
-    named = {MANIFEST, LOCK_FILE}
-    for kind in ("graphs", "engines"):
-        for e in (raw.get(kind) or {}).values():
-            if isinstance(e, dict):
-                named |= {e.get("file", "")} | set(e.get("external_data") or {})
-    if isinstance(raw.get("timing_cache"), dict):
-        named.add(raw["timing_cache"].get("file", ""))
+    named.add(LOCK_FILE)
     foreign = sorted(p.name for p in out.iterdir() if p.name not in named)
     if foreign:
         raise UserError(f"{out} is a bundle but also holds {foreign[0]!r}, which the bundle did not write; move it "
@@ -130,7 +130,7 @@ def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch
             spec.info = {"opset": OPSET, "nodes": len(proto.graph.node), "trt_lint": rep.as_dict()}
             data = data_file(path)
             if data.exists():
-                spec.info["external_data"] = {data.name: sha256_file(data)}
+                spec.external_data = {data.name: sha256_file(data)}
             if spec.precision == "mixed-fp16":
                 spec.info["fp16"] = fp16_summary(proto)
             graphs[name], paths[name] = spec, path
@@ -141,28 +141,13 @@ def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch
         log("checking parity against PyTorch ...")
         with OrtBackend(graphs, paths) as backend:
             figures = parity.run_all(model, backend)
-        raw = {
-            "format": FORMAT, "schema": SCHEMA, "toolkit_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "exported_on": {"host": platform.node(), "machine": platform.machine(), "torch": torch.__version__,
-                            "onnx": onnx.__version__},
-            "source": {"checkpoint": os.path.abspath(checkpoint), "sha256": sha256_file(checkpoint),
-                       "data": info.get("data", {}), "train": info.get("train", {})},
-            "model": to_dict(cfg),
-            "data_shape": list(cfg.data_shape), "num_classes": cfg.num_classes,
-            "class_names": info.get("data", {}).get("class_names", []),
-            "m": cfg.m, "k": cfg.k,
-            "edm": meta.edm_dict(),
-            "sampling": {"solver": solver, "steps": steps, "schedule": "edm", "fitted": {}},
-            "graphs": {name: spec.to_dict() for name, spec in graphs.items()},
-            "parity": figures,
-            "trt_lint": {"parser": TRT_PARSER_VERSION, "ok": True},
-            "engines": {},
-        }
+        man = Manifest(tmp, meta, graphs, Sampling(solver, steps), info.get("data", {}).get("class_names", []),
+                       info=export_info(checkpoint, cfg, info, figures))
         if fit_nfe:   # on the new graphs, in the temp bundle: the bundle appears with its fits or not at all
-            raw = with_fits(raw, fit_bundle(Manifest.from_dict(tmp, raw), fit_nfe, fit_solver, log=log))
-        raw["export"] = {"seconds": round(time.perf_counter() - start, 3), "per_graph_s": seconds,
-                         "peak_rss_mb": peak_rss_mib(), "external_data_above_mib": external_data_above_mib}
+            man = with_fits(man, fit_bundle(man, fit_nfe, fit_solver, log=log))
+        man.info["export"] = {"seconds": round(time.perf_counter() - start, 3), "per_graph_s": seconds,
+                              "peak_rss_mb": peak_rss_mib(), "external_data_above_mib": external_data_above_mib}
+        raw = man.to_dict()
         manifest = Manifest.from_dict(out, raw)   # the runtime's own schema check, before anything is kept
         atomic_write_text(tmp / MANIFEST, json.dumps(raw, indent=2) + "\n")
         _replace_locked(tmp, out)
@@ -175,6 +160,23 @@ def export_bundle(checkpoint: Path, out: Path, *, max_batch: int = 64, opt_batch
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def export_info(checkpoint: Path, cfg, info: dict, figures: dict) -> dict:
+    """The manifest's `info`, what only people read: provenance (toolkit and library versions, host,
+    the source checkpoint's path, sha256, data and training options, the model config) and what the
+    export measured (parity figures, the TensorRT lint). The export costs are added last."""
+    return {
+        "toolkit_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "exported_on": {"host": platform.node(), "machine": platform.machine(), "torch": torch.__version__,
+                        "onnx": onnx.__version__},
+        "source": {"checkpoint": os.path.abspath(checkpoint), "sha256": sha256_file(checkpoint),
+                   "data": info.get("data", {}), "train": info.get("train", {})},
+        "model": to_dict(cfg),
+        "parity": figures,
+        "trt_lint": {"parser": TRT_PARSER_VERSION, "ok": True},
+    }
 
 
 def peak_rss_mib() -> float:
@@ -209,7 +211,7 @@ def _replace_dir(new: Path, out: Path) -> None:
 
 
 def add_engines(man: Manifest, log=print) -> Manifest:
-    """Build, check and add TensorRT engines to the finished bundle `man`."""
+    """Build, check and add TensorRT engines to the finished bundle `man`; returns the manifest written."""
     from discodiff.export import trt
 
     stamp = trt.require()
@@ -224,11 +226,11 @@ def add_engines(man: Manifest, log=print) -> Manifest:
             written.append(eng)
             trt.build_engine(out / spec.file, spec, eng, cache)
             check = trt.check_engine(eng, spec, out / spec.file, rng, man.meta.sigma_data)
-            engines[name] = {"file": eng.name, "sha256": sha256_file(eng), "source_graph": name,
-                             "precision": spec.precision, "check_vs_onnxruntime": check}
-        timing = {"file": cache.name, "sha256": sha256_file(cache)} if cache.exists() else None
+            engines[name] = Engine(eng.name, sha256_file(eng), {"source_graph": name, "precision": spec.precision,
+                                                                 "check_vs_onnxruntime": check})
+        timing = TimingCache(cache.name, sha256_file(cache)) if cache.exists() else None
         # the manifest as it is now (a fit may have added schedules while the engines were built)
-        raw = update_manifest(man, lambda now: dict(now, engines=engines, tensorrt=stamp, timing_cache=timing),
+        new = update_manifest(man, lambda now: replace(now, engines=engines, tensorrt=stamp, timing_cache=timing),
                               "discodiff-export --trt", "engines")
     except BaseException:
         keep = _named_now(out)   # a bundle exported there meanwhile may name engines of the same names
@@ -236,10 +238,11 @@ def add_engines(man: Manifest, log=print) -> Manifest:
             if f.name not in keep:
                 f.unlink(missing_ok=True)
         raise
-    return Manifest.from_dict(out, raw)
+    return new
 
 
 def _named_now(bundle: Path) -> set[str]:
+    """The files the bundle's manifest names now (none if it cannot be read)."""
     try:
         return Manifest.load(bundle, verify=False).files()
     except UserError:

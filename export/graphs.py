@@ -62,6 +62,7 @@ class PriorRecomputeGraph(nn.Module):
 
 
 def _batch(max_batch: int, opt: int) -> BatchRange:
+    """1..max_batch, TensorRT's optimum at `opt` (clipped into the range)."""
     return BatchRange(1, max(1, min(opt, max_batch)), max_batch)
 
 
@@ -72,9 +73,9 @@ def graph_specs(model: DisCoDiff, max_batch: int = 64, opt_batch: int = 32) -> d
     x = TensorSpec("x", "float32", ["B", *cfg.data_shape])
     den_in = [x, TensorSpec("sigma", "float32", ["B"])]
     if cfg.m:
-        den_in.append(TensorSpec("tokens", "int32", ["B", cfg.m], (0, meta.null_code)))
+        den_in.append(TensorSpec("tokens", "int32", ["B", cfg.m], meta.code_values))
     if cfg.num_classes:
-        den_in.append(TensorSpec("class_labels", "int32", ["B"], (0, cfg.num_classes - 1)))
+        den_in.append(TensorSpec("class_labels", "int32", ["B"], meta.label_values))
     den_out = [TensorSpec("denoised", "float32", ["B", *cfg.data_shape])]
     den_batch = _batch(GUIDANCE_BATCH * max_batch, opt_batch)
     specs: dict[str, tuple[GraphSpec, nn.Module | None]] = {
@@ -88,7 +89,7 @@ def graph_specs(model: DisCoDiff, max_batch: int = 64, opt_batch: int = 32) -> d
             "encoder", [x], [TensorSpec("logits", "float32", ["B", cfg.m, cfg.k]), TensorSpec("tokens", "int32", ["B", cfg.m])],
             batch), EncoderGraph(model.encoder))
         # position 0 takes a label (0..num_classes, the last the null label), later positions a code
-        token = TensorSpec("token", "int32", ["B"], (0, max(meta.null_label, cfg.k - 1)))
+        token = TensorSpec("token", "int32", ["B"], meta.prior_input_values)
         specs["prior_step"] = (GraphSpec(
             "prior_step",
             [token, TensorSpec("pos", "int32", [1], (0, p.max_len - 1)),
@@ -96,6 +97,6 @@ def graph_specs(model: DisCoDiff, max_batch: int = 64, opt_batch: int = 32) -> d
             [TensorSpec("logits", "float32", ["B", cfg.k]), TensorSpec("k_cache_out", "float32", cache),
              TensorSpec("v_cache_out", "float32", cache)], batch), PriorStepGraph(p))
         specs["prior_recompute"] = (GraphSpec(
-            "prior_recompute", [TensorSpec("tokens", "int32", ["B", p.max_len], (0, max(meta.null_label, cfg.k - 1)))],
+            "prior_recompute", [TensorSpec("tokens", "int32", ["B", p.max_len], meta.prior_input_values)],
             [TensorSpec("logits", "float32", ["B", p.max_len, cfg.k])], batch), PriorRecomputeGraph(p))
     return specs

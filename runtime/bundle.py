@@ -1,5 +1,5 @@
 """Opening a bundle for sampling: manifest checks, the backend over the graphs sampling needs, and the
-model adapter over the backend, released together:
+model adapter over the backend, released together. `Pipeline.open` calls it; so does the schedule fit:
 
     with open_bundle("runs/shapes/bundle") as b:
         x, tokens = sample_batch(b.model, draws)
@@ -21,6 +21,9 @@ DEVICES = ("cpu", "cuda")
 
 @dataclass
 class Opened:
+    """What `open_bundle` returns: the checked manifest, the backend holding the loaded graphs, and the
+    model adapter over it. A context manager: closing it releases the backend's sessions or engines."""
+
     manifest: Manifest
     backend: object
     model: BundleModel
@@ -33,10 +36,13 @@ class Opened:
         self.close()
 
     def close(self) -> None:
+        """Release the backend (safe to call twice)."""
         self.backend.close()
 
 
 def choose_backend(manifest: Manifest, backend: str) -> str:
+    """"ort" or "trt" for the requested `backend`: "auto" is TensorRT where the bundle has engines and
+    this machine can run them (TensorRT importable, a GPU visible), else ONNX Runtime."""
     if backend != "auto":
         return backend
     if not manifest.engines:
@@ -49,9 +55,21 @@ def choose_backend(manifest: Manifest, backend: str) -> str:
 def open_bundle(bundle: Path, backend: str = "auto", precision: str = "auto", device: str = "cpu",
                 threads: int | None = None, prior: str = "cache", graphs: tuple[str, ...] | None = None,
                 spinning: bool = True, manifest: Manifest | None = None) -> Opened:
-    """Check the bundle and load what sampling needs: the chosen denoiser and the prior graph
-    (`prior` = "cache" for the KV-cache step graph, "recompute" for the baseline); `graphs` overrides.
-    Use the result as a context manager (or call close())."""
+    """Check the bundle and load what sampling needs on one backend.
+
+    Args:
+        bundle: the bundle directory.
+        backend: "auto", "ort" or "trt" (`choose_backend`).
+        precision: "fp32", "fp16" or "auto" (fp16 on TensorRT, fp32 on ONNX Runtime): which denoiser graph.
+        device: ONNX Runtime's device, "cpu" or "cuda".
+        threads, spinning: ONNX Runtime's intra-op threads (None: every core) and whether idle ones spin.
+        prior: "cache" (the KV-cache step graph) or "recompute" (the no-cache baseline).
+        graphs: load exactly these graphs instead (e.g. add "encoder").
+        manifest: the bundle's manifest if already loaded (not read again).
+    Returns:
+        An `Opened` (manifest, backend, model, denoiser name); use it as a context manager.
+    Raises `UserError` (one line) for a bad option or a bundle that does not hold together.
+    """
     for value, choices, what in ((backend, BACKENDS, "backend"), (precision, PRECISIONS, "precision"),
                                  (prior, PRIORS, "prior"), (device, DEVICES, "device")):
         if value not in choices:
@@ -74,8 +92,8 @@ def open_bundle(bundle: Path, backend: str = "auto", precision: str = "auto", de
         missing = [g for g in specs if g not in man.engines]
         if missing:
             raise UserError(f"{bundle} has no engine for {', '.join(missing)}; rebuild with discodiff-export --trt")
-        paths = {g: man.bundle / man.engines[g]["file"] for g in specs}
-        be = TrtBackend(specs, paths, man.raw.get("tensorrt") or {})
+        paths = {g: man.bundle / man.engines[g].file for g in specs}
+        be = TrtBackend(specs, paths, man.tensorrt or {})
     else:
         from discodiff.runtime.backends.ort import OrtBackend
 

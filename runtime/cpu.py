@@ -20,15 +20,19 @@ SPIN = ("auto", "on", "off")
 
 @dataclass(frozen=True)
 class CpuPlan:
+    """The CPU policy a run uses: ONNX Runtime's intra-op threads, whether idle ones spin, and why."""
+
     threads: int
     spinning: bool
-    reason: str
+    reason: str                 # one line, e.g. "auto: 0 other runnable task(s) on 2 core(s) at start (...)"
 
     def describe(self) -> dict:
+        """{"threads", "spinning", "cpu_policy"}, as timing.json and the server report it."""
         return {"threads": self.threads, "spinning": self.spinning, "cpu_policy": self.reason}
 
 
 def cores() -> int:
+    """The cores this process may run on (its affinity mask), else the machine's count."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -75,7 +79,13 @@ def free_cores(busy: float) -> int:
 
 
 def plan_cpu(threads: int | None = None, spin: str = "auto", busy: float | None = None) -> CpuPlan:
-    """The runtime's threads and spinning: explicit where given, else from the machine's load."""
+    """The runtime's threads and spinning: explicit where given, else from the machine's load.
+
+    Args:
+        threads: intra-op threads, or None (auto: the free cores; "on" / "off": every core).
+        spin: "auto" (spin only on an idle machine), "on" or "off".
+        busy: other runnable tasks, measured by `busy_elsewhere` when None and spin is "auto".
+    """
     n = cores()
     busy = busy_elsewhere() if busy is None and spin == "auto" else (busy or 0.0)
     if threads is None:                 # only auto adapts the threads; on / off mean every core

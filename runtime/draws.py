@@ -52,6 +52,7 @@ class Draws:
     noise: np.ndarray     # float32 [n, *data_shape], standard normal (x_T = sigma_max * noise)
 
     def take(self, idx: slice | np.ndarray) -> "Draws":
+        """The draws of the samples `idx` (a slice or indices), e.g. one batch."""
         return Draws(self.seeds[idx], self.labels[idx], self.u[idx], self.noise[idx])
 
 

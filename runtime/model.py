@@ -12,7 +12,15 @@ from discodiff.runtime.contract import ModelMeta
 
 
 class BundleModel:
-    xp = np
+    """The model protocol of `runtime.sampling` over a backend holding a bundle's graphs.
+
+    Args:
+        backend: a `Backend` with the denoiser graph and, for m > 0, a prior graph loaded.
+        meta: the model facts (the manifest's `ModelMeta`).
+        denoiser: which denoiser graph runs, "denoiser" (fp32) or "denoiser_fp16".
+    """
+
+    xp = np                             # the array module the sampling core computes with
 
     def __init__(self, backend, meta: ModelMeta, denoiser: str = "denoiser"):
         self.backend, self.meta, self.denoiser = backend, meta, denoiser
@@ -20,13 +28,18 @@ class BundleModel:
 
     @staticmethod
     def asarray(a: np.ndarray) -> np.ndarray:
+        """numpy in, the model's arrays out: here numpy already (the torch adapter makes tensors)."""
         return a
 
     @staticmethod
     def numpy(x: np.ndarray) -> np.ndarray:
+        """The model's arrays back to numpy: here the identity."""
         return x
 
     def denoise(self, x: np.ndarray, sigma: np.ndarray, tokens: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """D(x; sigma): x float32 [B, *data_shape], sigma float32 [B], tokens int32 [B, m], labels int32 [B]
+        -> float32 [B, *data_shape]. Only the inputs the graph takes are fed (no tokens when m = 0, no
+        labels when unconditional)."""
         feeds = {"x": np.ascontiguousarray(x, np.float32), "sigma": sigma}
         if "tokens" in self._takes:
             feeds["tokens"] = tokens

@@ -28,6 +28,7 @@ SCATTER_MAX = 20_000    # points in scatter.png
 
 
 def shard_suffix(shard: tuple[int, int] | None) -> str:
+    """"-shard{i}of{N}" for shard (i, N) of several, "" otherwise: shards write side by side into one --out."""
     return "" if shard is None or shard[1] == 1 else f"-shard{shard[0]}of{shard[1]}"
 
 
@@ -50,6 +51,16 @@ class _NpyPart:
 
 
 class RunWriter:
+    """The outputs of one `discodiff-run`, streamed into a temp directory inside `out` and moved into
+    `out` by `finish`; a context manager that removes everything on an error. Writes nowhere but `out`.
+
+    Args:
+        out: the --out directory (made if missing; removed again on failure if this run made it).
+        n: the number of samples that will be added (the npz arrays' row count, fixed up front).
+        data_shape, m: a sample's shape and its number of latent tokens.
+        shard: (i, N) of a sharded run, which suffixes the shared file names (`shard_suffix`).
+    """
+
     def __init__(self, out: Path, n: int, data_shape: tuple[int, ...], m: int, shard: tuple[int, int] | None = None):
         self.out, self.is_image = Path(out), len(data_shape) == 3
         self.suffix = shard_suffix(shard)
@@ -79,7 +90,8 @@ class RunWriter:
                 raise OSError(exc.errno, exc.strerror, str(self.out)) from exc   # name the folder being written
 
     def add(self, seeds: np.ndarray, x: np.ndarray, tokens: np.ndarray, labels: np.ndarray) -> None:
-        """One batch: per-sample files and the npz rows."""
+        """One batch: seeds int64 [B], x float32 [B, *data_shape], tokens int32 [B, m], labels int32 [B]
+        -> per-sample files (<seed>.png or .npy) and the npz rows."""
         if self.is_image:
             for s, img in zip(seeds, to_uint8(x)):
                 write_png(self.tmp / f"{s:06d}.png", img)
@@ -95,7 +107,8 @@ class RunWriter:
             self.kept += len(self.kept_x[-1])
 
     def finish(self, summary: dict) -> Path:
-        """Picture, samples.npz and timing.json, then everything moved into --out. Returns the picture."""
+        """Picture, samples.npz and timing.json (`summary`), then everything moved into --out. Returns the
+        picture's path (grid.png or scatter.png)."""
         try:
             s = self.suffix
             for part in self.parts.values():
@@ -124,6 +137,7 @@ class RunWriter:
             self.abort()
 
     def abort(self) -> None:
+        """Remove the temp directory (and --out if this run made it and it is empty); safe to call twice."""
         for part in self.parts.values():
             with contextlib.suppress(OSError):   # closing flushes; on a full disk that fails too
                 part.close()

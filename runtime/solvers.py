@@ -29,6 +29,7 @@ DETERMINISTIC = ("dpm2m", "ipndm", "dpm3m", "unipc")   # no churn
 
 
 def nfe(solver: str, steps: int) -> int:
+    """Denoiser calls of `steps` steps (levels - 1) of `solver`: Heun 2 steps - 1, every other solver `steps`."""
     return 2 * steps - 1 if solver == "heun" else steps
 
 

@@ -24,12 +24,14 @@ class CallTimes:
         self.calls, self.total, self.kept = 0, 0.0, []
 
     def add(self, seconds: float) -> None:
+        """Count one call of `seconds`."""
         self.calls += 1
         self.total += seconds
         if len(self.kept) < self.KEEP:
             self.kept.append(seconds)
 
     def summary(self) -> dict:
+        """{"calls", "total_s", "median_s"} (the median of the kept call times)."""
         return {"calls": self.calls, "total_s": self.total, "median_s": float(np.median(self.kept))}
 
 
@@ -53,12 +55,13 @@ class Backend(ABC):
         self.close()
 
     def close(self) -> None:
+        """Release the backend's sessions or engines; safe to call twice."""
         if not self.closed:
             self.closed = True
             self._close()
 
     def _close(self) -> None:
-        pass
+        """What a backend releases (its sessions, device memory); called once."""
 
     def __del__(self):
         if not getattr(self, "closed", True):
@@ -68,6 +71,7 @@ class Backend(ABC):
 
     # ----------------------------------------------------------------------------------- running
     def has(self, graph: str) -> bool:
+        """Whether `graph` is loaded."""
         return graph in self.specs
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -85,10 +89,12 @@ class Backend(ABC):
 
     @abstractmethod
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ...
+        """Run `graph` on feeds already validated -> outputs by name."""
 
     @staticmethod
     def _validate(spec: GraphSpec, feeds: dict[str, np.ndarray]) -> None:
+        """Feeds match the contract: names, dtypes, ranks, static axes, one batch size within the graph's
+        range. ValueError for a caller's bug, UserError for a batch the bundle was not exported for."""
         if sorted(feeds) != sorted(spec.input_names):
             raise ValueError(f"{spec.name}: inputs {sorted(feeds)} given, the graph takes {spec.input_names}")
         batch = None
@@ -115,4 +121,5 @@ class Backend(ABC):
         return {g: t.summary() for g, t in self.times.items() if t.calls}
 
     def calls(self, graph: str) -> int:
+        """How many times `graph` ran."""
         return self.times[graph].calls if graph in self.times else 0

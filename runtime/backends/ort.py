@@ -17,6 +17,8 @@ ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(i
 
 
 def session_options(threads: int | None = None, spinning: bool = True) -> ort.SessionOptions:
+    """Full graph optimisation, sequential execution, `threads` intra-op threads (None: every core) that
+    spin between ops unless `spinning` is False."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -29,6 +31,7 @@ def session_options(threads: int | None = None, spinning: bool = True) -> ort.Se
 
 
 def providers(device: str) -> list[str]:
+    """ONNX Runtime's execution providers for "cpu" or "cuda"; one UserError line where CUDA is missing."""
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise UserError("ONNX Runtime has no CUDA provider here; install onnxruntime-gpu on a CUDA host, "
@@ -54,6 +57,17 @@ def check_io(session: ort.InferenceSession, spec: GraphSpec, path: Path) -> None
 
 
 class OrtBackend(Backend):
+    """The graphs on ONNX Runtime, one session each, each file's I/O checked against its contract.
+
+    Args:
+        specs: the contracts of the graphs to load, by name.
+        paths: each graph's .onnx file (its external data beside it).
+        device: "cpu" or "cuda" (`providers`).
+        threads, spinning: intra-op threads and spinning (`session_options`); the prior graphs always get
+            one thread (SINGLE_THREAD_GRAPHS).
+    Raises `UserError` (one line) for a file ONNX Runtime cannot load or one that holds another graph.
+    """
+
     name = "ort"
 
     def __init__(self, specs: dict[str, GraphSpec], paths: dict[str, Path], device: str = "cpu",

@@ -66,6 +66,17 @@ class _Graph:
 
 
 class TrtBackend(Backend):
+    """The graphs' TensorRT engines on GPU 0, the denoiser replayed as CUDA graphs.
+
+    Args:
+        specs: the contracts of the graphs to load, by name (buffers are allocated at their max batch).
+        paths: each graph's engine file.
+        stamp: what the engines were built for, the manifest's `tensorrt` block ({"tensorrt", "gpu",
+            "compute_capability"}); an engine is only loaded on the TensorRT version and GPU it was built for.
+        cuda_graph: the graphs whose enqueue is captured as a CUDA graph per batch size.
+    Raises `UserError` (one line) where TensorRT or a GPU is missing, or the stamp does not match here.
+    """
+
     name = "trt"
 
     def __init__(self, specs: dict[str, GraphSpec], paths: dict[str, Path], stamp: dict,

@@ -29,6 +29,7 @@ from discodiff.cli_util import CONTEXT, IntRange, main_for, run
 from discodiff.errors import UserError
 from discodiff.lock import BUNDLE_WAIT_S, DirLock
 from discodiff.runtime.fit.model import DEFAULT_FIT_SOLVER, fit_bundle, with_fits
+from discodiff.runtime.manifest import MANIFEST, Manifest
 from discodiff.runtime.solvers import SOLVERS, steps_for
 
 DEFAULT_BUNDLE = Path("runs") / "shapes" / "bundle"
@@ -42,6 +43,7 @@ class CallCounts(click.ParamType):
     name = "N[,N...]"
 
     def convert(self, value, param, ctx):
+        """"5,8,6" -> (5, 6, 8): sorted, without repeats, each 2..1000; a click usage error otherwise."""
         if isinstance(value, tuple):
             return value
         text = str(value).strip()
@@ -54,6 +56,7 @@ class CallCounts(click.ParamType):
 
 
 def check_counts(counts: tuple[int, ...], solver: str) -> None:
+    """One UserError line for a call count the solver cannot make (e.g. an even one for Heun)."""
     for n in counts:
         try:
             steps_for(solver, n)
@@ -61,26 +64,33 @@ def check_counts(counts: tuple[int, ...], solver: str) -> None:
             raise UserError(f"--nfe {n} with --solver {solver}: {e}; pick odd counts for heun") from None
 
 
-def update_manifest(man, change: Callable[[dict], dict], program: str, what: str, log=None) -> dict:
+def update_manifest(man: Manifest, change: Callable[[Manifest], Manifest], program: str, what: str,
+                    log=None) -> Manifest:
     """Under the bundle's lock: re-read the manifest of `man.bundle`, refuse if its graphs are no longer
     those `man` describes (what was computed on them, `what`, belongs to graphs the bundle lost), apply
-    `change` to it, check the result as the runtime does and write it atomically. Returns the new raw."""
-    from discodiff.runtime.manifest import MANIFEST, Manifest
+    `change` to it, check the result as the runtime reads it and write it atomically.
 
+    Args:
+        man: the manifest the work was done on.
+        change: the manifest as it is now -> the manifest to write (e.g. `with_fits(now, fitted)`).
+        program, what: name the writer and what it adds, in the messages.
+    Returns:
+        The manifest written (checked, as `Manifest.from_dict` reads it back).
+    """
     busy = f"wait for it to finish and run {program} again (the {what} were not written)"
     with DirLock(man.bundle, program, busy).acquire(BUNDLE_WAIT_S, on_wait=log):
-        now = Manifest.load(man.bundle, verify=False).raw
-        if now.get("graphs") != man.raw.get("graphs"):
+        now = Manifest.load(man.bundle, verify=False)
+        if now.graphs != man.graphs:
             raise UserError(f"{man.bundle} was re-exported meanwhile (its graphs changed), so the {what}, made on the "
                             f"old graphs, were not written; run {program} again")
-        raw = change(now)
-        Manifest.from_dict(man.bundle, raw)              # the runtime's own schema check first
+        raw = change(now).to_dict()
+        written = Manifest.from_dict(man.bundle, raw)   # the runtime's own schema check first
         atomic_write_text(man.bundle / MANIFEST, json.dumps(raw, indent=2) + "\n")
-    return raw
+    return written
 
 
-def fit_into_bundle(man, counts, solver: str, threads: int | None, log) -> dict:
-    """Fit, merge into the manifest as it is then, check it, write it atomically; returns the new raw."""
+def fit_into_bundle(man: Manifest, counts, solver: str, threads: int | None, log) -> Manifest:
+    """Fit, merge into the manifest as it is then, check it, write it atomically; returns the new manifest."""
     with tempfile.NamedTemporaryFile(dir=man.bundle, prefix=f"{PROBE_PREFIX}{os.getpid()}."):
         pass                                             # an unwritable bundle fails now, not after the fit
     fitted = fit_bundle(man, counts, solver, threads=threads, log=log)
@@ -98,14 +108,12 @@ def fit_into_bundle(man, counts, solver: str, threads: int | None, log) -> dict:
 def command(bundle, counts, solver, threads, quiet):
     """Fit the noise levels of a solver to a bundle's model for given numbers of denoiser calls, against a
     Heun teacher, and store them (with their held-out error) in the bundle's manifest."""
-    from discodiff.runtime.manifest import Manifest
-
     check_counts(counts, solver)
     man = Manifest.load(bundle)
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
-    raw = fit_into_bundle(man, counts, solver, threads, log)
+    man = fit_into_bundle(man, counts, solver, threads, log)
     for n in counts:
-        f = raw["sampling"]["fitted"][str(n)]
+        f = man.sampling.fitted[str(n)].info
         click.echo(f"{n} calls ({solver}): held-out RMSE {f['heldout_rmse']:.4f} against the teacher "
                    f"(EDM rho=7: {f['heldout_rmse_edm']:.4f})")
     click.echo(f"wrote {bundle / 'manifest.json'}; sample with: discodiff-run --bundle {bundle} --nfe {counts[0]}")

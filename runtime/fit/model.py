@@ -10,12 +10,14 @@ same solver and number of calls.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 
 from discodiff.runtime.draws import draw
 from discodiff.runtime.fit.schedule import GRID, evaluate, fit, teacher, teacher_x0
+from discodiff.runtime.manifest import Fit, Manifest
 from discodiff.runtime.sampling import prior_tokens
 from discodiff.runtime.schedule import sigma_steps
 from discodiff.runtime.solvers import steps_for
@@ -25,8 +27,8 @@ HELDOUT_SEED = 2_000_000_000
 
 
 def conditioned_denoiser(model, draws, tokens: np.ndarray, max_batch: int) -> Callable:
-    """`D(x, t)` for x of k x B rows (k copies of the B samples, as the fitter's batched costs ask),
-    each row with its sample's tokens and label, in calls of at most `max_batch` rows."""
+    """`D(x, t)` for x float32 [k x B, ...] (k copies of the B samples, as the fitter's batched costs
+    ask), each row with its sample's tokens (int32 [B, m]) and label, in calls of at most `max_batch` rows."""
     labels = draws.labels
 
     def D(x: np.ndarray, t: float) -> np.ndarray:
@@ -40,15 +42,24 @@ def conditioned_denoiser(model, draws, tokens: np.ndarray, max_batch: int) -> Ca
 
 
 def _samples(model, first_seed: int, n: int, max_batch: int, prior_batch: int):
+    """The draws of seeds first_seed.. first_seed + n - 1 and `D(x, t)` conditioned on their prior tokens."""
     d = draw(np.arange(first_seed, first_seed + n), model.meta)
     tok = np.concatenate([prior_tokens(model, d.take(slice(i, i + prior_batch))) for i in range(0, n, prior_batch)])
     return d, conditioned_denoiser(model, d, tok, max_batch)
 
 
 def fit_schedules(model, nfes, solver: str, *, max_batch: int, prior_batch: int, calibration: int = 64,
-                  heldout: int = 64, refine: int = 2, log: Callable[[str], None] = lambda m: None) -> dict[str, dict]:
-    """{str(nfe): fitted entry} for the manifest's sampling.fitted, one per requested call count;
-    `max_batch` / `prior_batch`: the most rows one denoiser / prior call may take."""
+                  heldout: int = 64, refine: int = 2, log: Callable[[str], None] = lambda m: None) -> dict[str, Fit]:
+    """Fit `solver`'s levels for each call count in `nfes` on `model` (any adapter of the model protocol).
+
+    Args:
+        max_batch, prior_batch: the most rows one denoiser / prior call may take.
+        calibration, heldout: samples fitted on / measured on (seeds CALIBRATION_SEED.., HELDOUT_SEED..).
+        refine: coordinate-descent sweeps per move size after the dynamic programme (0: none).
+    Returns:
+        {str(nfe): Fit} for the manifest's sampling.fitted; each fit's `info` holds its held-out RMSE to
+        the teacher, that of EDM rho = 7 with the same solver and calls, and how it was made.
+    """
     meta = model.meta
     for n in nfes:
         steps_for(solver, n)          # refuses e.g. an even call count for Heun, before any work
@@ -67,12 +78,12 @@ def fit_schedules(model, nfes, solver: str, *, max_batch: int, prior_batch: int,
         held = evaluate(d_held, held_draws.noise, res["sigmas"], solver, x0_held)
         edm = evaluate(d_held, held_draws.noise, sigma_steps(steps_for(solver, n), meta.sigma_min, meta.sigma_max,
                                                               meta.rho), solver, x0_held)
-        out[str(n)] = {"solver": solver, "nfe": n, "sigmas": res["sigmas"], "heldout_rmse": held,
-                       "heldout_rmse_edm": edm, "calib_rmse": res["calib_rmse"],
-                       "calibration": {"n": calibration, "first_seed": CALIBRATION_SEED},
-                       "heldout": {"n": heldout, "first_seed": HELDOUT_SEED},
-                       "teacher": {"solver": "heun", "grid": GRID, "calls": 2 * GRID - 1}, "refine": refine,
-                       "guidance": 1.0, "denoiser_calls": res["calls"], "seconds": time.perf_counter() - t1}
+        out[str(n)] = Fit(solver, n, res["sigmas"], {
+            "heldout_rmse": held, "heldout_rmse_edm": edm, "calib_rmse": res["calib_rmse"],
+            "calibration": {"n": calibration, "first_seed": CALIBRATION_SEED},
+            "heldout": {"n": heldout, "first_seed": HELDOUT_SEED},
+            "teacher": {"solver": "heun", "grid": GRID, "calls": 2 * GRID - 1}, "refine": refine,
+            "guidance": 1.0, "denoiser_calls": res["calls"], "seconds": time.perf_counter() - t1})
         log(f"  {n} calls: held-out RMSE to the teacher {held:.4f} (EDM rho=7 with {solver}: {edm:.4f}, "
             f"{edm / max(held, 1e-12):.1f}x), {res['calls']} calls, {time.perf_counter() - t1:.0f} s")
     log(f"fitted in {time.perf_counter() - t0:.0f} s")
@@ -82,8 +93,10 @@ def fit_schedules(model, nfes, solver: str, *, max_batch: int, prior_batch: int,
 DEFAULT_FIT_SOLVER = "dpm2m"
 
 
-def fit_bundle(man, nfes, solver: str = DEFAULT_FIT_SOLVER, *, threads: int | None = None, **kw) -> dict[str, dict]:
-    """Fit on the bundle `man` describes (its float32 graphs on ONNX Runtime): {str(nfe): entry}."""
+def fit_bundle(man: Manifest, nfes, solver: str = DEFAULT_FIT_SOLVER, *, threads: int | None = None,
+               **kw) -> dict[str, Fit]:
+    """Fit on the bundle `man` describes (its float32 graphs on ONNX Runtime): {str(nfe): Fit}
+    (`fit_schedules`; `kw` go to it)."""
     from discodiff.runtime.bundle import open_bundle
 
     with open_bundle(man.bundle, "ort", "fp32", threads=threads, manifest=man) as b:
@@ -91,8 +104,6 @@ def fit_bundle(man, nfes, solver: str = DEFAULT_FIT_SOLVER, *, threads: int | No
                              prior_batch=man.sampling_batch_max, **kw)
 
 
-def with_fits(raw: dict, fitted: dict[str, dict]) -> dict:
-    """The manifest `raw` with `fitted` added to (or replacing the same call counts in) sampling.fitted."""
-    sampling = dict(raw["sampling"])
-    sampling["fitted"] = {**(sampling.get("fitted") or {}), **fitted}
-    return {**raw, "sampling": sampling}
+def with_fits(man: Manifest, fitted: dict[str, Fit]) -> Manifest:
+    """The manifest `man` with `fitted` added to (or replacing the same call counts in) sampling.fitted."""
+    return replace(man, sampling=replace(man.sampling, fitted={**man.sampling.fitted, **fitted}))
