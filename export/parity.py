@@ -19,7 +19,6 @@ import torch
 from discodiff.errors import UserError
 from discodiff.networks import DisCoDiff
 from discodiff.runtime.contract import SIGMA_MAX, SIGMA_MIN, null_label
-from discodiff.runtime.model import BundleModel
 from discodiff.runtime.pipeline import Pipeline
 from discodiff.runtime.schedule import sigma_steps
 from discodiff.sampling import TorchModel
@@ -87,8 +86,8 @@ def check_prior(model: DisCoDiff, backend, rng: np.random.Generator, batch: int 
                           rng.integers(0, cfg.k, size=(batch, cfg.m - 1))], axis=1).astype(np.int32)
     ref = model.prior(torch.from_numpy(seq)).numpy()                                   # [B, m, k]
     recompute = backend.run("prior_recompute", {"tokens": seq})["logits"]
-    tm, bm = TorchModel(model), BundleModel(backend, TorchModel(model).meta)
-    steps = {"torch": tm.prior_step(batch), "ort": bm.prior_step(batch)}
+    tm = TorchModel(model)
+    steps = {"torch": tm.prior_step(batch), "ort": Pipeline.from_backend(backend, tm.meta).model.prior_step(batch)}
     kv = {name: np.stack([step(seq[:, pos], pos) for pos in range(cfg.m)], axis=1) for name, step in steps.items()}
     fig = {"kv_vs_recompute": _maxabs(kv["ort"], recompute), "kv_vs_torch": _maxabs(kv["ort"], ref),
            "recompute_vs_torch": _maxabs(recompute, ref), "torch_kv_vs_torch": _maxabs(kv["torch"], ref),
@@ -131,7 +130,7 @@ def check_sampler(model: DisCoDiff, backend, n: int = 4, steps: int = 18) -> dic
     ref = Pipeline(tm)(seeds, **options)
     out = {"seeds": n, "solver": "heun", "steps": steps}
     for graph in ("denoiser", "denoiser_fp16"):
-        got = Pipeline(BundleModel(backend, tm.meta, denoiser=graph))(seeds, **options)
+        got = Pipeline.from_backend(backend, tm.meta, denoiser=graph)(seeds, **options)
         out[graph] = {"max_abs": _maxabs(got.x, ref.x), "rel_l2": _rel_l2(got.x, ref.x),
                       "token_agreement": float(np.mean(got.tokens == ref.tokens)) if model.cfg.m else 1.0}
     if out["denoiser"]["max_abs"] > FP32_TOL or out["denoiser"]["token_agreement"] < 1.0:

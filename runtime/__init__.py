@@ -23,7 +23,7 @@ Modules, bottom up:
     manifest      the bundle's manifest: schema checks, files read only from inside the bundle, hashes
     backends/     ort (ONNX Runtime), trt (TensorRT + CUDA graphs), behind one Backend interface
     model         the model protocol over a backend's graphs (BundleModel)
-    bundle        open_bundle: backend + model over a checked manifest (used by the pipeline)
+    bundle        load_backend: the backend over the graphs sampling needs (used by the pipeline)
     pipeline      Pipeline, Samples: the object people and every command call
     output, images, cli   discodiff-run: streamed outputs, PNGs and grids, the command
     serving/      discodiff-serve: the Triton handler and server over one Pipeline per instance

@@ -139,17 +139,31 @@ class Pipeline:
             manifest: an already loaded `Manifest` of this bundle (skips reading it again).
         Raises `UserError` with one line for a bundle that does not hold together.
         """
-        from discodiff.runtime.bundle import open_bundle
+        from discodiff.runtime.bundle import load_backend
         from discodiff.runtime.cpu import plan_cpu
         from discodiff.runtime.manifest import Manifest
+        from discodiff.runtime.model import BundleModel
 
-        man = manifest or Manifest.load(Path(bundle))
+        manifest = manifest or Manifest.load(Path(bundle))
         cpu = plan_cpu(threads, spin)
-        opened = open_bundle(bundle, backend, precision, device, cpu.threads, prior, graphs=graphs,
-                             spinning=cpu.spinning, manifest=man)
-        return cls(opened.model, sampling=man.sampling, manifest=man, backend=opened.backend, cpu=cpu,
-                   name=str(bundle), recompute_prior=prior == "recompute", batch_max=man.sampling_batch_max,
-                   denoiser=opened.denoiser)
+        backend_, denoiser = load_backend(manifest, backend, precision, device, cpu.threads, prior, graphs,
+                                          cpu.spinning)
+        try:
+            return cls(BundleModel(backend_, manifest.meta, denoiser=denoiser), sampling=manifest.sampling,
+                       manifest=manifest, backend=backend_, cpu=cpu, name=str(bundle),
+                       recompute_prior=prior == "recompute", batch_max=manifest.sampling_batch_max,
+                       denoiser=denoiser)
+        except BaseException:
+            backend_.close()
+            raise
+
+    @classmethod
+    def from_backend(cls, backend, meta, *, denoiser: str = "denoiser", **kwargs) -> "Pipeline":
+        """Over graphs already loaded in `backend` (export parity runs before manifest.json exists);
+        `meta` is the model's `ModelMeta`; the pipeline does not close a backend it did not open."""
+        from discodiff.runtime.model import BundleModel
+
+        return cls(BundleModel(backend, meta, denoiser=denoiser), denoiser=denoiser, **kwargs)
 
     def __enter__(self) -> "Pipeline":
         return self

@@ -97,10 +97,10 @@ def fit_bundle(man: Manifest, nfes, solver: str = DEFAULT_FIT_SOLVER, *, threads
                **kw) -> dict[str, Fit]:
     """Fit on the bundle `man` describes (its float32 graphs on ONNX Runtime): {str(nfe): Fit}
     (`fit_schedules`; `kw` go to it)."""
-    from discodiff.runtime.bundle import open_bundle
+    from discodiff.runtime.pipeline import Pipeline
 
-    with open_bundle(man.bundle, "ort", "fp32", threads=threads, manifest=man) as b:
-        return fit_schedules(b.model, nfes, solver, max_batch=man.graph("denoiser").batch.max,
+    with Pipeline.open(man.bundle, backend="ort", precision="fp32", threads=threads, spin="on", manifest=man) as pipe:
+        return fit_schedules(pipe.model, nfes, solver, max_batch=man.graph("denoiser").batch.max,
                              prior_batch=man.sampling_batch_max, **kw)
 
 

@@ -1,4 +1,4 @@
-"""The served model's request handler: Triton requests in, samples out, through the one sampling core.
+"""The served model's request handler: Triton requests in, samples out, through the instance's Pipeline.
 
 Each request holds B items (input `seed` int64 [B, 1], optional `class_label` int32 [B, 1], -1 = drawn
 from the seed) and its sampling settings as Triton request parameters (solver, schedule, nfe, steps,
@@ -28,11 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from discodiff.runtime.draws import draw
 from discodiff.runtime.images import to_uint8
 from discodiff.runtime.limits import MAX_GUIDANCE, MAX_NFE, MAX_SEED, MAX_STEPS, MAX_TEMPERATURE
-from discodiff.runtime.plan import Plan, PlanError, plan
-from discodiff.runtime.sampling import nonfinite_rows, sample_batch
+from discodiff.runtime.pipeline import Pipeline
+from discodiff.runtime.plan import Plan, PlanError
 
 MAX_CALLS = 400             # default bound on denoiser calls per sample (discodiff-serve --max-calls)
 PARAMS = ("solver", "schedule", "nfe", "steps", "guidance", "temperature", "top_k")
@@ -71,9 +70,18 @@ def _number(params: dict, name: str, default, low: float, high: float, kind=floa
 
 
 class SampleHandler:
-    def __init__(self, model, sampling: dict, max_batch: int, max_calls: int = MAX_CALLS,
+    """Answers a batch of Triton requests with one instance's `Pipeline` (see the module docstring).
+
+    Args:
+        pipe: the instance's Pipeline (one per Triton instance; the server opens and closes it).
+        max_batch: samples per model call (at most the bundle's sampling batch).
+        max_calls: denoiser calls one sample may cost (discodiff-serve --max-calls).
+        stopping: set by the server on SIGTERM; sampling stops at the next solver step.
+    """
+
+    def __init__(self, pipe: Pipeline, max_batch: int, max_calls: int = MAX_CALLS,
                  stopping: threading.Event | None = None):
-        self.model, self.meta, self.sampling, self.max_batch = model, model.meta, sampling, max_batch
+        self.pipe, self.meta, self.max_batch = pipe, pipe.meta, max_batch
         self.max_calls, self.stopping = max_calls, stopping or threading.Event()
         self.cut_off = 0            # items answered with STOPPING (the server's exit code counts them)
         self.busy = 0               # calls in progress (one at a time per instance)
@@ -90,8 +98,7 @@ class SampleHandler:
         counts = {n: _number(params, n, None, 1, high, int) if n in params else None
                   for n, high in (("nfe", MAX_NFE), ("steps", MAX_STEPS))}
         try:
-            p = plan(self.meta, self.sampling, solver=params.get("solver"), schedule=params.get("schedule"),
-                     bundle="the served bundle", **counts)
+            p = self.pipe.plan(solver=params.get("solver"), schedule=params.get("schedule"), **counts)
         except PlanError as e:
             raise RequestError(str(e)) from None
         if p.nfe > self.max_calls:
@@ -128,30 +135,29 @@ class SampleHandler:
         if self.stopping.is_set():
             raise Stopping
 
-    def sample(self, settings: Settings, seeds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """x [n, *data_shape], tokens [n, m] for these items, in chunks of the batch limit; raises Stopping
-        at the next solver step once the server is stopping."""
-        xs, toks = [], []
-        for i in range(0, len(seeds), self.max_batch):
-            self._check_stopping()
-            d = draw(seeds[i:i + self.max_batch], self.meta)
-            fixed = labels[i:i + self.max_batch] >= 0
-            d.labels = np.where(fixed, labels[i:i + self.max_batch], d.labels).astype(np.int32)
-            x, tok = sample_batch(self.model, d, solver=settings.plan.solver, sigmas=settings.plan.sigmas,
-                                  guidance=settings.guidance, temperature=settings.temperature, top_k=settings.top_k,
-                                  callback=self._check_stopping)
-            xs.append(x)
-            toks.append(tok)
-        return np.concatenate(xs), np.concatenate(toks)
+    def sample(self, settings: Settings, seeds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                                      np.ndarray]:
+        """x [n, *data_shape], tokens [n, m] and the non-finite mask [n] for these items (labels -1 = drawn
+        from the seed), in chunks of the batch limit; raises Stopping at the next solver step once the
+        server is stopping."""
+        p = settings.plan
+        parts = []
+        for part in self.pipe.stream(seeds, solver=p.solver, sigmas=p.sigmas, guidance=settings.guidance,
+                                     temperature=settings.temperature, top_k=settings.top_k,
+                                     class_label=labels if self.meta.num_classes else None, batch=self.max_batch,
+                                     callback=self._check_stopping, nonfinite="keep"):
+            parts.append(part)
+        return (np.concatenate([q.x for q in parts]), np.concatenate([q.tokens for q in parts]),
+                np.concatenate([q.nonfinite for q in parts]))
 
     def answer(self, settings: Settings, seeds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
         """(x, tokens, error per item) of one group: a non-finite sample fails its own item, naming its seed."""
         try:
-            x, tok = self.sample(settings, seeds, labels)
+            self._check_stopping()
+            x, tok, bad = self.sample(settings, seeds, labels)
         except Stopping:
             self.cut_off += len(seeds)
             return self._blank(len(seeds)) + ([STOPPING] * len(seeds),)
-        bad = nonfinite_rows(x)
         p = settings.plan
         errors = [f"sample for seed {s} is not finite (NaN/inf) with {p.solver} on {p.schedule} levels, guidance "
                   f"{settings.guidance:g}; lower guidance or try another solver" if b else ""

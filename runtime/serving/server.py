@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from discodiff.errors import UserError
-from discodiff.runtime.bundle import Opened, open_bundle
 from discodiff.runtime.cpu import plan_cpu
 from discodiff.runtime.manifest import Manifest
+from discodiff.runtime.pipeline import Pipeline
 from discodiff.runtime.plan import PlanError, plan
 from discodiff.runtime.serving.handler import MAX_CALLS, SampleHandler
 
@@ -66,8 +66,8 @@ class ServeOptions:
     max_calls: int = MAX_CALLS
 
 
-def open_instances(bundle: Path, o: ServeOptions) -> tuple[Manifest, list[Opened]]:
-    """Check the bundle and open one runtime per instance (all before any port is bound)."""
+def open_instances(bundle: Path, o: ServeOptions) -> tuple[Manifest, list[Pipeline]]:
+    """Check the bundle and open one Pipeline per instance (all before any port is bound)."""
     man = Manifest.load(bundle)
     if o.max_batch > man.sampling_batch_max:
         raise UserError(f"--max-batch {o.max_batch} is above the bundle's limit {man.sampling_batch_max}; lower it "
@@ -81,11 +81,12 @@ def open_instances(bundle: Path, o: ServeOptions) -> tuple[Manifest, list[Opened
                         f"sample ({default.solver} on {default.steps} levels); raise it to at least {default.nfe}")
     cpu = plan_cpu(o.threads, "off" if o.instances > 1 else "auto")   # instances must not spin against each other
     threads = o.threads or max(1, cpu.threads // o.instances)
-    opened: list[Opened] = []
+    opened: list[Pipeline] = []
+    spin = "on" if cpu.spinning else "off"
     try:
         for _ in range(o.instances):
-            opened.append(open_bundle(bundle, o.backend, o.precision, threads=threads, spinning=cpu.spinning,
-                                      manifest=man))
+            opened.append(Pipeline.open(bundle, backend=o.backend, precision=o.precision, threads=threads, spin=spin,
+                                        manifest=man))
     except BaseException:
         for b in opened:
             b.close()
@@ -197,7 +198,7 @@ def serve(bundle: Path, o: ServeOptions, log=print, ready: threading.Event | Non
         model_config = ModelConfig(max_batch_size=o.max_batch, batcher=DynamicBatcher(
             max_queue_delay_microseconds=o.queue_delay_us,
             default_queue_policy=QueuePolicy(max_queue_size=o.max_queue, timeout_action=TimeoutAction.REJECT)))
-        handlers = [SampleHandler(b.model, man.sampling, o.max_batch, o.max_calls, stopping) for b in opened]
+        handlers = [SampleHandler(pipe, o.max_batch, o.max_calls, stopping) for pipe in opened]
         inputs, outputs = tensors(man)
         workspace, triton = Workspace(), None      # ours, so that an exit at the deadline can remove it
         try:

@@ -11,7 +11,8 @@ import pytest
 
 from discodiff.errors import UserError
 from discodiff.runtime.backends import trt as trt_backend
-from discodiff.runtime.bundle import choose_backend, open_bundle
+from discodiff.runtime.bundle import choose_backend
+from discodiff.runtime.pipeline import Pipeline
 from discodiff.runtime.draws import draw
 from discodiff.runtime.manifest import load_manifest
 from discodiff.runtime.sampling import prior_tokens, sample_batch
@@ -97,11 +98,11 @@ def test_trt_backend_matches_onnxruntime_per_graph(trt_bundle):
 
 def test_trt_pipeline_matches_onnxruntime_samples(trt_bundle):
     out = trt_bundle[0]
-    with open_bundle(out, backend="ort", precision="fp32") as ort_o:
+    with Pipeline.open(out, backend="ort", precision="fp32") as ort_o:
         d = draw(np.arange(6), ort_o.model.meta)
         x_ref, tok_ref = sample_batch(ort_o.model, d, steps=8)
     for precision, tol in (("fp32", 2e-2), ("fp16", 5e-2)):
-        with open_bundle(out, backend="trt", precision=precision) as o:
+        with Pipeline.open(out, backend="trt", precision=precision) as o:
             assert o.backend.name == "trt"
             x, tok = sample_batch(o.model, d, steps=8, tokens=tok_ref)   # same tokens: compare the ODE alone
             assert np.isfinite(x).all()
@@ -112,7 +113,7 @@ def test_trt_pipeline_matches_onnxruntime_samples(trt_bundle):
 
 def test_cuda_graph_replay_is_deterministic_per_batch_size(trt_bundle):
     out = trt_bundle[0]
-    with open_bundle(out, backend="trt", precision="fp16") as o:
+    with Pipeline.open(out, backend="trt", precision="fp16") as o:
         meta = o.model.meta
         for n in (1, 3, MAX_BATCH):
             d = draw(np.arange(n), meta)
@@ -124,7 +125,7 @@ def test_cuda_graph_replay_is_deterministic_per_batch_size(trt_bundle):
         # a batch run after another size reuses the right graph: results are those of a fresh backend
         d = draw(np.arange(3), meta)
         again = sample_batch(o.model, d, steps=4)
-    with open_bundle(out, backend="trt", precision="fp16") as fresh:
+    with Pipeline.open(out, backend="trt", precision="fp16") as fresh:
         np.testing.assert_array_equal(sample_batch(fresh.model, d, steps=4)[0], again[0])
 
 
@@ -132,7 +133,7 @@ def test_auto_backend_uses_trt_with_fp16(trt_bundle):
     out = trt_bundle[0]
     man = load_manifest(out)
     assert choose_backend(man, "auto") == "trt"
-    with open_bundle(out) as o:
+    with Pipeline.open(out) as o:
         assert o.backend.name == "trt" and o.denoiser == "denoiser_fp16"
 
 
@@ -159,7 +160,7 @@ def test_engine_built_for_another_gpu_is_refused(trt_bundle):
 
 def test_batch_outside_the_profile_is_refused(trt_bundle):
     out = trt_bundle[0]
-    with open_bundle(out, backend="trt", precision="fp32") as o:
+    with Pipeline.open(out, backend="trt", precision="fp32") as o:
         feeds = random_feeds(o.manifest, "denoiser", 2 * MAX_BATCH + 1, np.random.default_rng(0))
         with pytest.raises(UserError, match="outside the exported range"):
             o.backend.run("denoiser", feeds)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from discodiff.runtime.bundle import open_bundle
+from discodiff.runtime.pipeline import Pipeline
 from discodiff.runtime.draws import draw
 from discodiff.runtime.manifest import load_manifest
 from discodiff.runtime.sampling import sample_batch
@@ -53,7 +53,7 @@ def test_run_with_nfe_uses_the_fit_and_equals_the_core(fitted, tmp_path, capsys)
     assert t["denoiser_calls"] == 6 and "6 denoiser calls per sample" in stdout
     sig = np.asarray(read_manifest(b)["sampling"]["fitted"]["6"]["sigmas"])
     assert t["sigmas"] == sig.tolist()
-    with open_bundle(b, "ort") as o:
+    with Pipeline.open(b, backend="ort") as o:
         x, tok = sample_batch(o.model, draw(np.arange(5), o.model.meta), solver="dpm2m", sigmas=sig)
     with np.load(out / "samples.npz") as f:
         np.testing.assert_array_equal(f["x"], x)

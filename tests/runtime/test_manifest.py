@@ -1,5 +1,5 @@
 """Reading a bundle: the round trip, and every way a bundle can be damaged giving one clear error, both
-from `load_manifest` / `open_bundle` and from `discodiff-run` (exit 2, one stderr line)."""
+from `load_manifest` / `Pipeline.open` and from `discodiff-run` (exit 2, one stderr line)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from discodiff.errors import UserError
-from discodiff.runtime.bundle import open_bundle
+from discodiff.runtime.pipeline import Pipeline
 from discodiff.runtime.manifest import SCHEMA, load_manifest
 from tests.helpers import GRAPHS, call, copy_tree as copy_bundle, error_lines, flip_byte, read_manifest, run_cli, \
     sha256, write_manifest
@@ -194,11 +194,11 @@ def test_graph_file_damaged_but_rehashed_gives_one_line(bundle, tmp_path, capsys
     expect_run_error(capsys, bundle, tmp_path / "out", "not a readable ONNX graph")
 
 
-def test_open_bundle_loads_only_what_sampling_needs(toy8_bundle, shapes_bundle):
-    with open_bundle(toy8_bundle, backend="ort", precision="fp32") as o:
+def test_pipeline_loads_only_what_sampling_needs(toy8_bundle, shapes_bundle):
+    with Pipeline.open(toy8_bundle, backend="ort", precision="fp32") as o:
         assert sorted(o.backend.specs) == ["denoiser", "prior_step"] and o.denoiser == "denoiser"
     assert o.backend.closed
-    with open_bundle(shapes_bundle, backend="ort", precision="fp16", prior="recompute") as o:
+    with Pipeline.open(shapes_bundle, backend="ort", precision="fp16", prior="recompute") as o:
         assert sorted(o.backend.specs) == ["denoiser_fp16", "prior_recompute"] and o.denoiser == "denoiser_fp16"
         assert o.backend.name == "ort"
         with pytest.raises(UserError, match="batch 9 is outside"):
@@ -246,5 +246,5 @@ def test_two_graphs_swapped_with_their_hashes_is_refused(bundle, tmp_path, capsy
     write_manifest(bundle, man)
     load_manifest(bundle)   # hashes and schema hold
     with pytest.raises(UserError, match="does not hold the denoiser graph"):
-        open_bundle(bundle, backend="ort")
+        Pipeline.open(bundle, backend="ort")
     expect_run_error(capsys, bundle, tmp_path / "out", "does not hold the denoiser graph")

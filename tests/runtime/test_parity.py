@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from discodiff.runtime.bundle import open_bundle
+from discodiff.runtime.pipeline import Pipeline
 from discodiff.runtime.draws import draw
 from discodiff.runtime.sampling import prior_tokens, sample_batch
 from discodiff.runtime.solvers import SOLVERS
@@ -30,7 +30,7 @@ def test_ort_equals_torch_through_the_same_core(name, solver, opts, tiny):
     tm = TorchModel(model)
     seeds = np.arange(40, 45)
     d = draw(seeds, tm.meta)
-    with open_bundle(tiny.bundle(name), backend="ort", precision="fp32") as o:
+    with Pipeline.open(tiny.bundle(name), backend="ort", precision="fp32") as o:
         assert o.model.meta == tm.meta        # the manifest and the checkpoint describe the same model
         x, tok = sample_batch(o.model, d, steps=STEPS, solver=solver, **opts)
     ref_x, ref_tok = sample_batch(tm, d, steps=STEPS, solver=solver, **opts)
@@ -44,7 +44,7 @@ def test_ort_equals_torch_through_the_same_core(name, solver, opts, tiny):
 @pytest.mark.parametrize("name", ["toy8", "shapes"])
 def test_options_change_the_samples(name, tiny):
     """Control for the parity test: solver, guidance and churn really reach the runtime."""
-    with open_bundle(tiny.bundle(name), backend="ort", precision="fp32") as o:
+    with Pipeline.open(tiny.bundle(name), backend="ort", precision="fp32") as o:
         d = draw(np.arange(3), o.model.meta)
         base, tok = sample_batch(o.model, d, steps=STEPS)
         for kw in ({"solver": "euler"}, {"guidance": 2.0}, {"churn": 10.0}, {"solver": "ipndm"}):
@@ -55,9 +55,9 @@ def test_options_change_the_samples(name, tiny):
 def test_prior_recompute_tokens_equal_cache_and_torch(tiny):
     bundle, tm = tiny.bundle("shapes"), TorchModel(tiny.model("shapes"))
     d = draw(np.arange(8), tm.meta)
-    with open_bundle(bundle, backend="ort", prior="cache") as o:
+    with Pipeline.open(bundle, backend="ort", prior="cache") as o:
         cache = prior_tokens(o.model, d)
-    with open_bundle(bundle, backend="ort", prior="recompute") as o:
+    with Pipeline.open(bundle, backend="ort", prior="recompute") as o:
         recompute = prior_tokens(o.model, d, recompute=True)
     ref = prior_tokens(tm, d)
     np.testing.assert_array_equal(cache, recompute)

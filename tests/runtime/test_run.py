@@ -6,7 +6,7 @@ import json
 import cv2
 import numpy as np
 
-from discodiff.runtime.bundle import open_bundle
+from discodiff.runtime.pipeline import Pipeline
 from discodiff.runtime.draws import draw
 from discodiff.runtime.sampling import sample_batch
 from discodiff.sampling import TorchModel
@@ -55,7 +55,7 @@ def test_run_outputs_vectors(toy8_bundle, tmp_path, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"{s:06d}.npy" for s in seeds] + ["scatter.png", "samples.npz", "timing.json"])
     no_temp_dirs(out)
-    with open_bundle(toy8_bundle, backend="ort") as o:
+    with Pipeline.open(toy8_bundle, backend="ort") as o:
         x, tok = sample_batch(o.model, draws_for(o.model.meta, seeds), steps=STEPS)
     got = npz(out / "samples.npz")
     assert sorted(got) == ["labels", "seeds", "tokens", "x"]
@@ -82,7 +82,7 @@ def test_run_outputs_images(shapes_bundle, tmp_path, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"{s:06d}.png" for s in range(4)] + ["grid.png", "samples.npz", "timing.json"])
     no_temp_dirs(out)
-    with open_bundle(shapes_bundle, backend="ort") as o:
+    with Pipeline.open(shapes_bundle, backend="ort") as o:
         d = draws_for(o.model.meta, np.arange(4))
         x, tok = sample_batch(o.model, d, steps=STEPS, solver="dpm2m")
     got = npz(out / "samples.npz")

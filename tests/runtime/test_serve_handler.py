@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from discodiff.runtime.bundle import open_bundle
+from discodiff.runtime.pipeline import Pipeline
 from discodiff.runtime.limits import MAX_GUIDANCE, MAX_NFE, MAX_SEED, MAX_STEPS, MAX_TEMPERATURE
 from discodiff.runtime.manifest import load_manifest
 from discodiff.runtime.serving.handler import STOPPING, SampleHandler
@@ -51,8 +51,8 @@ class CallCap:
 @pytest.fixture(scope="module")
 def handler(tiny):
     b = tiny.bundle("shapes")
-    with open_bundle(b, "ort") as o:
-        yield SampleHandler(CallCap(o.model), load_manifest(b).sampling, max_batch=4)
+    with Pipeline.open(b, backend="ort") as o:
+        yield SampleHandler(Pipeline(CallCap(o.model), sampling=load_manifest(b).sampling), max_batch=4)
 
 
 def test_a_batch_of_mixed_requests(handler):
@@ -120,8 +120,8 @@ def test_samples_equal_discodiff_runs_png_pixels(tiny, handler, tmp_path, capsys
 
 def test_vector_models_return_float_samples_and_no_tokens_when_plain(tiny):
     b = tiny.bundle("toy8")
-    with open_bundle(b, "ort") as o:
-        h = SampleHandler(o.model, load_manifest(b).sampling, max_batch=8)
+    with Pipeline.open(b, backend="ort") as o:
+        h = SampleHandler(Pipeline(o.model, sampling=load_manifest(b).sampling), max_batch=8)
         out = h([Req(seeds(1, 2, 3), {"steps": 4})])[0]
     assert out["error"].ravel().tolist() == [b""] * 3
     assert out["sample"].dtype == np.float32 and out["sample"].shape == (3, 2)
@@ -152,8 +152,8 @@ class OneRowNaN:
 @pytest.mark.parametrize("bundle, shape", [("shapes", (8, 8, 3)), ("toy8", (2,))])
 def test_a_non_finite_sample_fails_its_own_item_naming_its_seed(tiny, bundle, shape):
     b = tiny.bundle(bundle)
-    with open_bundle(b, "ort") as o:
-        h = SampleHandler(OneRowNaN(o.model, row=1), load_manifest(b).sampling, max_batch=4)
+    with Pipeline.open(b, backend="ort") as o:
+        h = SampleHandler(Pipeline(OneRowNaN(o.model, row=1), sampling=load_manifest(b).sampling), max_batch=4)
         out = h([Req(seeds(30, 31), {"steps": 3, "solver": "euler"}), Req(seeds(32), {"steps": 3, "solver": "euler"})])
     # 31 is row 1 of the one group [30, 31, 32]; the other items are answered
     errors = [e.decode() for o in out for e in o["error"].ravel()]
@@ -182,9 +182,9 @@ class StopAfter:
 def test_a_stopping_server_cuts_its_batch_off_at_the_next_step(tiny):
     b = tiny.bundle("shapes")
     stopping = threading.Event()
-    with open_bundle(b, "ort") as o:
+    with Pipeline.open(b, backend="ort") as o:
         model = StopAfter(o.model, 5, stopping)
-        h = SampleHandler(model, load_manifest(b).sampling, max_batch=4, max_calls=20_000, stopping=stopping)
+        h = SampleHandler(Pipeline(model, sampling=load_manifest(b).sampling), max_batch=4, max_calls=20_000, stopping=stopping)
         out = h([Req(seeds(1, 2), {"steps": 5000}), Req(seeds(3), {"steps": 1, "solver": "nope"})])
     assert model.calls <= 6             # the heun step in progress (2 calls) ends it, not the 9999 asked for
     assert out[0]["error"].ravel().tolist() == [STOPPING.encode()] * 2 and b"nope" in out[1]["error"][0, 0]
