@@ -24,7 +24,7 @@ from discodiff.errors import UserError
 from discodiff.runtime.bundle import BACKENDS, DEVICES, PRECISIONS, PRIORS
 from discodiff.runtime.cpu import SPIN
 from discodiff.runtime.limits import MAX_CHURN, MAX_GUIDANCE, MAX_NFE, MAX_SEED, MAX_STEPS, MAX_TEMPERATURE
-from discodiff.runtime.plan import PLAN_SCHEDULES, PlanError, plan
+from discodiff.runtime.plan import PLAN_SCHEDULES, PlanError, resolve_plan
 from discodiff.runtime.solvers import SOLVERS
 
 DEFAULT_BUNDLE = Path("runs") / "shapes" / "bundle"
@@ -124,20 +124,20 @@ def command(bundle, n, seed, class_, shard, nfe, solver, schedule, steps, churn,
     from discodiff.runtime.manifest import Manifest
     from discodiff.runtime.pipeline import Pipeline
 
-    man = Manifest.load(bundle)
+    manifest = Manifest.load(bundle)
     try:   # checked before any session is made
-        p = plan(man.meta, man.sampling, solver=solver, schedule=schedule, steps=steps, nfe=nfe, bundle=str(bundle))
+        p = resolve_plan(manifest.meta, manifest.sampling, solver=solver, schedule=schedule, steps=steps, nfe=nfe, bundle=str(bundle))
     except PlanError as e:
         raise UserError(f"{e} (--solver/--schedule/--steps/--nfe)") from None
     if churn > 0 and p.solver not in ("heun", "euler"):
         raise UserError(f"--churn works with the heun and euler solvers only (this run uses {p.solver}); drop --churn "
                         "or pass --solver heun")
-    if top_k > man.meta.k:
-        raise UserError(f"--top-k {top_k} is above the model's {man.meta.k} codes; use 0 (all) to {man.meta.k}")
-    label = parse_class(class_, man.meta.num_classes, man.class_names)
-    batch = batch or min(32, man.sampling_batch_max)
-    if batch > man.sampling_batch_max:
-        raise UserError(f"--batch {batch} is above the bundle's maximum {man.sampling_batch_max}; lower it or "
+    if top_k > manifest.meta.k:
+        raise UserError(f"--top-k {top_k} is above the model's {manifest.meta.k} codes; use 0 (all) to {manifest.meta.k}")
+    label = parse_class(class_, manifest.meta.num_classes, manifest.class_names)
+    batch = batch or min(32, manifest.sampling_batch_max)
+    if batch > manifest.sampling_batch_max:
+        raise UserError(f"--batch {batch} is above the bundle's maximum {manifest.sampling_batch_max}; lower it or "
                         "re-export with a larger --max-batch")
     seeds = shard_seeds(seed, n, shard)
     if len(seeds) == 0:  # more shards than samples: this shard's share of the union is empty
@@ -148,7 +148,7 @@ def command(bundle, n, seed, class_, shard, nfe, solver, schedule, steps, churn,
     options = dict(nfe=nfe, steps=steps, solver=solver, schedule=schedule, guidance=guidance, churn=churn,
                    temperature=temperature, top_k=top_k, class_label=label, batch=batch)
     with Pipeline.open(bundle, backend=backend, precision=precision, device=device, threads=threads, spin=spin,
-                       prior=prior, manifest=man) as pipe:
+                       prior=prior, manifest=manifest) as pipe:
         _sample(pipe, p, seeds, out, shard, quiet, options)
 
 
@@ -158,11 +158,11 @@ def _sample(pipe, p, seeds, out, shard, quiet, options: dict) -> None:
 
     from discodiff.runtime.output import RunWriter
 
-    meta, be = pipe.meta, pipe.backend
+    meta, backend = pipe.meta, pipe.backend
     prior_s = ode_s = 0.0
     with RunWriter(out, len(seeds), meta.data_shape, meta.m, shard) as writer:
         with tqdm(total=len(seeds) * p.steps, disable=quiet, unit="step", dynamic_ncols=True,
-                  desc=f"sampling {len(seeds)} ({be.name}, {p.solver} on {p.schedule}, {p.nfe} calls)") as bar:
+                  desc=f"sampling {len(seeds)} ({backend.name}, {p.solver} on {p.schedule}, {p.nfe} calls)") as bar:
             t_start = time.perf_counter()
             for s in pipe.stream(seeds, callback=lambda i, x: bar.update(len(x)), **options):
                 writer.add(s.seeds, s.x, s.tokens, s.labels)
@@ -170,16 +170,16 @@ def _sample(pipe, p, seeds, out, shard, quiet, options: dict) -> None:
             total = time.perf_counter() - t_start
         calls = pipe.calls()
         summary = {"samples": len(seeds), "seeds": [int(seeds[0]), int(seeds[-1])],
-                   "shard": list(shard) if shard else None, "backend": be.name, "denoiser_graph": pipe.denoiser,
+                   "shard": list(shard) if shard else None, "backend": backend.name, "denoiser_graph": pipe.denoiser,
                    **p.describe(), **({"note": p.note} if p.note else {}), "denoiser_calls": calls,
                    "guidance": options["guidance"], "churn": options["churn"],
                    "prior": "recompute" if pipe.recompute_prior else "cache", "batch": options["batch"],
                    "prior_s": prior_s, "ode_s": ode_s, "total_s": total,
-                   "per_nfe_ms": 1000 * ode_s / max(calls, 1), "graphs": be.summary(), **pipe.cpu.describe()}
+                   "per_nfe_ms": 1000 * ode_s / max(calls, 1), "graphs": backend.summary(), **pipe.cpu.describe()}
         picture = writer.finish(summary)
     click.echo(f"{len(seeds)} samples in {total:.2f} s (prior {summary['prior_s']:.3f} s, ODE {summary['ode_s']:.2f} s, "
                f"{summary['nfe_per_sample']} denoiser calls per sample, {summary['per_nfe_ms']:.1f} ms per call) "
-               f"with {be.name} -> {out}; see {picture}")
+               f"with {backend.name} -> {out}; see {picture}")
 
 
 main = main_for(command, "discodiff-run")

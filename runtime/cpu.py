@@ -19,7 +19,7 @@ SPIN = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
-class CpuPlan:
+class CpuPolicy:
     """The CPU policy a run uses: ONNX Runtime's intra-op threads, whether idle ones spin, and why."""
 
     threads: int
@@ -78,7 +78,7 @@ def free_cores(busy: float) -> int:
     return n if busy < 1 else max(1, n - int(round(busy)))
 
 
-def plan_cpu(threads: int | None = None, spin: str = "auto", busy: float | None = None) -> CpuPlan:
+def cpu_policy(threads: int | None = None, spin: str = "auto", busy: float | None = None) -> CpuPolicy:
     """The runtime's threads and spinning: explicit where given, else from the machine's load.
 
     Args:
@@ -93,4 +93,4 @@ def plan_cpu(threads: int | None = None, spin: str = "auto", busy: float | None 
     spinning = spin == "on" or (spin == "auto" and busy < 1)
     reason = (f"{'auto' if spin == 'auto' else 'spin ' + spin}: {busy:g} other runnable task(s) on {n} core(s) at start"
               + (" (alone: all cores, spinning)" if busy < 1 else " (shared: free cores only, no spinning)"))
-    return CpuPlan(threads, spinning, reason)
+    return CpuPolicy(threads, spinning, reason)

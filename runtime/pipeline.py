@@ -32,7 +32,7 @@ from discodiff.errors import UserError
 from discodiff.runtime.draws import Draws, draw
 from discodiff.runtime.images import to_uint8
 from discodiff.runtime.limits import MAX_CHURN, MAX_GUIDANCE, MAX_SEED, MAX_TEMPERATURE
-from discodiff.runtime.plan import Plan, PlanError, plan as resolve_plan
+from discodiff.runtime.plan import Plan, PlanError, resolve_plan
 from discodiff.runtime.sampling import nonfinite_rows, sample_batch
 
 DEFAULT_BATCH = 32
@@ -133,19 +133,19 @@ class Pipeline:
             backend: "auto" (TensorRT where the bundle has engines and the machine can run them), "ort", "trt".
             precision: denoiser graph, "fp32", "fp16" or "auto" (fp16 on TensorRT, fp32 otherwise).
             device: ONNX Runtime device, "cpu" or "cuda".
-            threads, spin: CPU policy (see `runtime.cpu.plan_cpu`); None / "auto" decide from the load.
+            threads, spin: CPU policy (see `runtime.cpu.cpu_policy`); None / "auto" decide from the load.
             prior: "cache" (KV-cache step graph) or "recompute" (the no-cache baseline).
             graphs: load these graphs instead of what sampling needs (e.g. add "encoder").
             manifest: an already loaded `Manifest` of this bundle (skips reading it again).
         Raises `UserError` with one line for a bundle that does not hold together.
         """
         from discodiff.runtime.bundle import load_backend
-        from discodiff.runtime.cpu import plan_cpu
+        from discodiff.runtime.cpu import cpu_policy
         from discodiff.runtime.manifest import Manifest
         from discodiff.runtime.model import BundleModel
 
         manifest = manifest or Manifest.load(Path(bundle))
-        cpu = plan_cpu(threads, spin)
+        cpu = cpu_policy(threads, spin)
         backend_, denoiser = load_backend(manifest, backend, precision, device, cpu.threads, prior, graphs,
                                           cpu.spinning)
         try:

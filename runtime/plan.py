@@ -73,7 +73,7 @@ class Plan:
                 "sigmas": [float(s) for s in self.sigmas]}
 
 
-def plan(meta: ModelMeta, sampling: dict, *, solver: str | None = None, schedule: str | None = None,
+def resolve_plan(meta: ModelMeta, sampling: dict, *, solver: str | None = None, schedule: str | None = None,
          steps: int | None = None, nfe: int | None = None, bundle: str = "BUNDLE") -> Plan:
     """Resolve a request against the bundle's `sampling` block (defaults and fitted schedules); `bundle`
     names the bundle in the hint of a missing fit."""

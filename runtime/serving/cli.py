@@ -62,11 +62,11 @@ def command(bundle, backend, precision, host, http_port, grpc_port, metrics_port
     success). The same seed gives the same sample as discodiff-run."""
     from discodiff.runtime.serving.server import ServeOptions, serve
 
-    o = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+    opts = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                      max_batch=max_batch, queue_delay_us=queue_delay_us, max_queue=max_queue, instances=instances,
                      backend=backend, precision=precision, threads=threads, exit_timeout_s=exit_timeout,
                      max_calls=max_calls)
-    rc = serve(bundle, o, log=lambda m: click.echo(m, err=True))
+    rc = serve(bundle, opts, log=lambda m: click.echo(m, err=True))
     if rc:
         sys.exit(rc)
 

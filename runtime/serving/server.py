@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from discodiff.errors import UserError
-from discodiff.runtime.cpu import plan_cpu
+from discodiff.runtime.cpu import cpu_policy
 from discodiff.runtime.manifest import Manifest
 from discodiff.runtime.pipeline import Pipeline
-from discodiff.runtime.plan import PlanError, plan
+from discodiff.runtime.plan import PlanError, resolve_plan
 from discodiff.runtime.serving.handler import MAX_CALLS, SampleHandler
 
 MODEL = "discodiff"
@@ -66,38 +66,38 @@ class ServeOptions:
     max_calls: int = MAX_CALLS
 
 
-def open_instances(bundle: Path, o: ServeOptions) -> tuple[Manifest, list[Pipeline]]:
+def open_instances(bundle: Path, opts: ServeOptions) -> tuple[Manifest, list[Pipeline]]:
     """Check the bundle and open one Pipeline per instance (all before any port is bound)."""
-    man = Manifest.load(bundle)
-    if o.max_batch > man.sampling_batch_max:
-        raise UserError(f"--max-batch {o.max_batch} is above the bundle's limit {man.sampling_batch_max}; lower it "
+    manifest = Manifest.load(bundle)
+    if opts.max_batch > manifest.sampling_batch_max:
+        raise UserError(f"--max-batch {opts.max_batch} is above the bundle's limit {manifest.sampling_batch_max}; lower it "
                         "or re-export with a larger --max-batch")
     try:
-        default = plan(man.meta, man.sampling)
+        default = resolve_plan(manifest.meta, manifest.sampling)
     except PlanError as e:
         raise UserError(f"the bundle's default sampling settings cannot be served: {e}") from None
-    if default.nfe > o.max_calls:   # else every request without settings would be refused
-        raise UserError(f"--max-calls {o.max_calls} is below the bundle's default of {default.nfe} denoiser calls per "
+    if default.nfe > opts.max_calls:   # else every request without settings would be refused
+        raise UserError(f"--max-calls {opts.max_calls} is below the bundle's default of {default.nfe} denoiser calls per "
                         f"sample ({default.solver} on {default.steps} levels); raise it to at least {default.nfe}")
-    cpu = plan_cpu(o.threads, "off" if o.instances > 1 else "auto")   # instances must not spin against each other
-    threads = o.threads or max(1, cpu.threads // o.instances)
+    cpu = cpu_policy(opts.threads, "off" if opts.instances > 1 else "auto")   # instances must not spin against each other
+    threads = opts.threads or max(1, cpu.threads // opts.instances)
     opened: list[Pipeline] = []
     spin = "on" if cpu.spinning else "off"
     try:
-        for _ in range(o.instances):
-            opened.append(Pipeline.open(bundle, backend=o.backend, precision=o.precision, threads=threads, spin=spin,
-                                        manifest=man))
+        for _ in range(opts.instances):
+            opened.append(Pipeline.open(bundle, backend=opts.backend, precision=opts.precision, threads=threads, spin=spin,
+                                        manifest=manifest))
     except BaseException:
         for b in opened:
             b.close()
         raise
-    return man, opened
+    return manifest, opened
 
 
-def tensors(man: Manifest):
+def tensors(manifest: Manifest):
     from pytriton.model_config import Tensor
 
-    meta = man.meta
+    meta = manifest.meta
     sample = (Tensor(name="sample", dtype=np.uint8, shape=(meta.data_shape[1], meta.data_shape[2], 3)) if meta.is_image
               else Tensor(name="sample", dtype=np.float32, shape=tuple(meta.data_shape)))
     inputs = [Tensor(name="seed", dtype=np.int64, shape=(1,)),
@@ -169,11 +169,11 @@ class Processes:
 
 
 # ----------------------------------------------------------------------------------- run and stop
-def serve(bundle: Path, o: ServeOptions, log=print, ready: threading.Event | None = None) -> int:
+def serve(bundle: Path, opts: ServeOptions, log=print, ready: threading.Event | None = None) -> int:
     """Run the server until SIGTERM/SIGINT or a dead stub; returns the exit code (0 after a clean drain). Ends
     the process itself (os._exit) when it cannot stop within the exit timeout."""
     t0 = time.perf_counter()
-    man, opened = open_instances(bundle, o)
+    manifest, opened = open_instances(bundle, opts)
     stop, stopping, signalled = threading.Event(), threading.Event(), []
 
     def on_signal(*_):
@@ -192,14 +192,14 @@ def serve(bundle: Path, o: ServeOptions, log=print, ready: threading.Event | Non
         from pytriton.triton import Triton, TritonConfig
         from pytriton.utils.workspace import Workspace
 
-        config = TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
-                              metrics_address=o.host, metrics_port=o.metrics_port, exit_timeout_secs=o.exit_timeout_s,
+        config = TritonConfig(http_address=opts.host, http_port=opts.http_port, grpc_address=opts.host, grpc_port=opts.grpc_port,
+                              metrics_address=opts.host, metrics_port=opts.metrics_port, exit_timeout_secs=opts.exit_timeout_s,
                               log_verbose=0)
-        model_config = ModelConfig(max_batch_size=o.max_batch, batcher=DynamicBatcher(
-            max_queue_delay_microseconds=o.queue_delay_us,
-            default_queue_policy=QueuePolicy(max_queue_size=o.max_queue, timeout_action=TimeoutAction.REJECT)))
-        handlers = [SampleHandler(pipe, o.max_batch, o.max_calls, stopping) for pipe in opened]
-        inputs, outputs = tensors(man)
+        model_config = ModelConfig(max_batch_size=opts.max_batch, batcher=DynamicBatcher(
+            max_queue_delay_microseconds=opts.queue_delay_us,
+            default_queue_policy=QueuePolicy(max_queue_size=opts.max_queue, timeout_action=TimeoutAction.REJECT)))
+        handlers = [SampleHandler(pipe, opts.max_batch, opts.max_calls, stopping) for pipe in opened]
+        inputs, outputs = tensors(manifest)
         workspace, triton = Workspace(), None      # ours, so that an exit at the deadline can remove it
         try:
             triton = Triton(config=config, workspace=workspace)
@@ -210,15 +210,15 @@ def serve(bundle: Path, o: ServeOptions, log=print, ready: threading.Event | Non
             triton.stop() if triton is not None else workspace.clean()
             raise
         procs = Processes.find()
-        log(f"serving {bundle} as model '{MODEL}' on http://{o.host}:{o.http_port} (gRPC {o.grpc_port}, metrics "
-            f"{o.metrics_port}), {o.instances} instance(s), batches up to {o.max_batch}, at most {o.max_calls} "
+        log(f"serving {bundle} as model '{MODEL}' on http://{opts.host}:{opts.http_port} (gRPC {opts.grpc_port}, metrics "
+            f"{opts.metrics_port}), {opts.instances} instance(s), batches up to {opts.max_batch}, at most {opts.max_calls} "
             f"denoiser calls per sample; ready in {time.perf_counter() - t0:.1f} s")
         if not procs.stubs:
             log(f"warning: no {STUB} process found under /proc, so a dead stub will not be noticed")
         if ready is not None:
             ready.set()
-        code = watch(triton, procs, stop, o.exit_timeout_s, log)
-        deadline = (signalled[0] if signalled else time.monotonic()) + o.exit_timeout_s
+        code = watch(triton, procs, stop, opts.exit_timeout_s, log)
+        deadline = (signalled[0] if signalled else time.monotonic()) + opts.exit_timeout_s
         return shut_down(triton, procs, workspace, handlers, stopping, deadline, code, log)
     finally:
         for s, h in old.items():

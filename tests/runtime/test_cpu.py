@@ -7,22 +7,22 @@ from discodiff.runtime import cpu
 
 def test_idle_machine_gets_every_core_spinning(monkeypatch):
     monkeypatch.setattr(cpu, "cores", lambda: 8)
-    p = cpu.plan_cpu(busy=0)
+    p = cpu.cpu_policy(busy=0)
     assert (p.threads, p.spinning) == (8, True) and "alone" in p.reason
 
 
 def test_busy_machine_gets_the_free_cores_without_spinning(monkeypatch):
     monkeypatch.setattr(cpu, "cores", lambda: 8)
-    assert (cpu.plan_cpu(busy=3).threads, cpu.plan_cpu(busy=3).spinning) == (5, False)
-    assert cpu.plan_cpu(busy=20).threads == 1                           # never fewer than one
-    assert "shared" in cpu.plan_cpu(busy=2).describe()["cpu_policy"]
+    assert (cpu.cpu_policy(busy=3).threads, cpu.cpu_policy(busy=3).spinning) == (5, False)
+    assert cpu.cpu_policy(busy=20).threads == 1                           # never fewer than one
+    assert "shared" in cpu.cpu_policy(busy=2).describe()["cpu_policy"]
 
 
 def test_explicit_choices_win(monkeypatch):
     monkeypatch.setattr(cpu, "cores", lambda: 8)
-    assert cpu.plan_cpu(threads=2, spin="on", busy=5) == cpu.CpuPlan(2, True, cpu.plan_cpu(2, "on", busy=5).reason)
-    assert cpu.plan_cpu(spin="off", busy=0).spinning is False
-    assert cpu.plan_cpu(spin="on", busy=4).spinning is True
+    assert cpu.cpu_policy(threads=2, spin="on", busy=5) == cpu.CpuPolicy(2, True, cpu.cpu_policy(2, "on", busy=5).reason)
+    assert cpu.cpu_policy(spin="off", busy=0).spinning is False
+    assert cpu.cpu_policy(spin="on", busy=4).spinning is True
 
 
 def test_busy_elsewhere_reads_this_machine():
@@ -32,7 +32,7 @@ def test_busy_elsewhere_reads_this_machine():
 
 def test_explicit_spinning_uses_every_core_even_on_a_busy_machine(monkeypatch):
     monkeypatch.setattr(cpu, "cores", lambda: 8)
-    assert cpu.plan_cpu(spin="on", busy=4).threads == 8 and cpu.plan_cpu(spin="off", busy=4).threads == 8
+    assert cpu.cpu_policy(spin="on", busy=4).threads == 8 and cpu.cpu_policy(spin="off", busy=4).threads == 8
 
 
 def test_this_process_own_busy_threads_are_not_another_process():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from discodiff.runtime.contract import ModelMeta
-from discodiff.runtime.plan import UNFITTED_BEST, PlanError, plan
+from discodiff.runtime.plan import UNFITTED_BEST, PlanError, resolve_plan
 from discodiff.runtime.schedule import logsnr_steps, sigma_steps
 
 META = ModelMeta((2,), 1, 8, 0)
@@ -18,25 +18,25 @@ SAMPLING = {"solver": "heun", "steps": 18, "schedule": "edm", "fitted": {"8": {"
 
 
 def test_defaults_are_the_bundles():
-    p = plan(META, SAMPLING)
+    p = resolve_plan(META, SAMPLING)
     assert (p.solver, p.schedule, p.steps, p.nfe) == ("heun", "edm", 18, 35)
     np.testing.assert_array_equal(p.sigmas, sigma_steps(18))
 
 
 def test_nfe_takes_the_fitted_schedule_and_its_solver():
-    p = plan(META, SAMPLING, nfe=8)
+    p = resolve_plan(META, SAMPLING, nfe=8)
     assert (p.solver, p.schedule, p.nfe) == ("dpm2m", "fitted", 8)
     np.testing.assert_array_equal(p.sigmas, FIT8)
-    assert plan(META, SAMPLING, nfe=8, solver="ipndm").solver == "ipndm"     # any combination
+    assert resolve_plan(META, SAMPLING, nfe=8, solver="ipndm").solver == "ipndm"     # any combination
 
 
 def test_nfe_without_a_fit_uses_the_named_schedule():
-    p = plan(META, SAMPLING, nfe=6, solver="dpm3m", schedule="logsnr")
+    p = resolve_plan(META, SAMPLING, nfe=6, solver="dpm3m", schedule="logsnr")
     assert (p.steps, p.nfe) == (6, 6)
     np.testing.assert_array_equal(p.sigmas, logsnr_steps(6))
-    h = plan(META, SAMPLING, nfe=9, solver="heun")   # heun named: 9 calls = 5 levels, the table's schedule
+    h = resolve_plan(META, SAMPLING, nfe=9, solver="heun")   # heun named: 9 calls = 5 levels, the table's schedule
     assert (h.solver, h.steps, h.nfe, h.schedule) == ("heun", 5, 9, "logsnr")
-    assert plan(META, SAMPLING, nfe=8, schedule="edm", solver="euler").schedule == "edm"   # a fit exists, edm asked for
+    assert resolve_plan(META, SAMPLING, nfe=8, schedule="edm", solver="euler").schedule == "edm"   # a fit exists, edm asked for
 
 
 @pytest.mark.parametrize("kw, words", [
@@ -54,7 +54,7 @@ def test_nfe_without_a_fit_uses_the_named_schedule():
 ])
 def test_requests_it_cannot_serve(kw, words):
     with pytest.raises(PlanError) as exc:
-        plan(META, SAMPLING, bundle="B", **kw)
+        resolve_plan(META, SAMPLING, bundle="B", **kw)
     assert words in str(exc.value) and "\n" not in str(exc.value)
 
 
@@ -62,11 +62,11 @@ def test_requests_it_cannot_serve(kw, words):
                                        (7, ("dpm2m", "logsnr", 7)), (12, ("unipc", "logsnr", 12)),
                                        (4, ("euler", "edm", 4)), (40, ("dpm3m", "logsnr", 40))])
 def test_nfe_without_a_fit_takes_the_best_measured_setting_and_says_so(nfe, want):
-    p = plan(META, SAMPLING, nfe=nfe, bundle="B")      # the bundle's own solver is heun: never used for --nfe
+    p = resolve_plan(META, SAMPLING, nfe=nfe, bundle="B")      # the bundle's own solver is heun: never used for --nfe
     assert (p.solver, p.schedule, p.nfe) == want
     assert f"discodiff-fit --bundle B --nfe {nfe}" in p.note and p.solver in p.note and "\n" not in p.note
-    assert plan(META, SAMPLING, nfe=8).note == ""       # fitted: nothing to say
-    assert plan(META, SAMPLING, nfe=3, solver="euler", schedule="edm").nfe == 3    # both named: the user's call
+    assert resolve_plan(META, SAMPLING, nfe=8).note == ""       # fitted: nothing to say
+    assert resolve_plan(META, SAMPLING, nfe=3, solver="euler", schedule="edm").nfe == 3    # both named: the user's call
 
 
 def test_unfitted_table_is_what_the_frontier_results_say():
@@ -74,7 +74,7 @@ def test_unfitted_table_is_what_the_frontier_results_say():
     results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
     grids = []
     for data in ("shapes", "toy8"):
-        d = json.loads((results / f"frontier_{data}.json").read_text())
+        d = json.loads((results / f"frontier-{data}-amd-epyc-2c.json").read_text())
         for model in ("disco", "plain"):
             grids.append({(r["nfe"], r["solver"], r["schedule"]): r["teacher_rmse"]
                           for r in d["models"][model]["rmse_grid"] if r["schedule"] != "fitted"})
