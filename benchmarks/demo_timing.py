@@ -16,13 +16,12 @@ cpu.max): a stand-in for a slower machine, calibrated by that stage-1 rate. It s
 cores busy by about 2/F, single-threaded work by less (one thread may use up to F of a core), so it
 under-states a uniformly slower CPU for single-threaded phases. The results say which it was.
 
-Writes benchmarks/results/demo-timing-<machine>[-quota<F>, 0.87 as 0p87].{json,txt}; the clone is removed afterwards
-unless --keep.
+Writes benchmarks/results/demo-timing[-quota<F>, 0.87 as 0p87][-demo|-tests]-<machine>.{json,txt}; the clone is
+removed afterwards unless --keep.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -32,13 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from discodiff.atomic import atomic_write_text
+from discodiff.benchmarks.common import HERE, Results, add_options, cpu_isa, machine_name
 from discodiff.train.metrics import read_metrics
 
-HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-from latency import cpu_isa, machine_name  # noqa: E402
 
 MARK = "@@demo-timing"
 
@@ -113,8 +109,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["demo", "tests", "both"], default="both")
     ap.add_argument("--cpu-quota", type=float, default=None, help="limit the run to this many CPUs in total (root)")
-    ap.add_argument("--machine", default=None)
-    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
+    add_options(ap)
     ap.add_argument("--keep", action="store_true", help="keep the fresh clone (printed at the end)")
     ap.add_argument("--dry-run", action="store_true", help="print the phases and stop")
     a = ap.parse_args()
@@ -162,13 +157,10 @@ def main() -> int:
         base = a.machine or machine_name()
         rep = {"machine": base, "isa": cpu_isa(), "cores": os.cpu_count(), "cpu_quota": a.cpu_quota,
                "commit": commit, "stage1_s_per_step": stage1_rate(clone / "runs" / "shapes"), "commands": results}
-        text = table(rep)
-        print(text)
-        quota = f"-quota{a.cpu_quota:g}".replace(".", "p") if a.cpu_quota else ""      # 0.87 -> quota0p87
-        stem = a.out_dir / f"demo-timing-{base}{quota}{'' if a.only == 'both' else '-' + a.only}"
-        atomic_write_text(Path(f"{stem}.json"), json.dumps(rep, indent=1) + "\n")
-        atomic_write_text(Path(f"{stem}.txt"), text + "\n")
-        print(f"\nwrote {stem}.json and .txt")
+        quota = [f"quota{a.cpu_quota:g}".replace(".", "p")] if a.cpu_quota else []     # 0.87 -> quota0p87
+        variant = "-".join(quota + ([] if a.only == "both" else [a.only]))
+        path = Results(a.out_dir, "demo-timing", base).publish(rep, table(rep), variant)
+        print(f"\nwrote {path} and .txt")
         return 0 if all(r["rc"] == 0 for r in results.values()) else 1
     finally:
         if a.keep:

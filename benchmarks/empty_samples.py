@@ -17,23 +17,16 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from discodiff.atomic import atomic_write_text
+from discodiff.benchmarks.common import Results, add_options, machine_name, sample_draws
 from discodiff.presets import get, preset_dataset
-from discodiff.runtime.bundle import open_bundle
+from discodiff.runtime import Pipeline
 from discodiff.runtime.draws import draw
 from discodiff.runtime.images import to_uint8
-from discodiff.runtime.plan import plan
-from discodiff.runtime.sampling import sample_batch
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from latency import machine_name  # noqa: E402
 
 EMPTY_MAX = 60      # uint8: no pixel brighter than this is an empty image (shapes are drawn at >= 200 in some channel)
 BATCH = 32
@@ -44,25 +37,25 @@ def empty(x: np.ndarray) -> np.ndarray:
     return to_uint8(x).reshape(len(x), -1).max(axis=1) <= EMPTY_MAX
 
 
-def encoder_combos(o, ds) -> collections.Counter:
+def encoder_combos(pipe: Pipeline, ds) -> collections.Counter:
     """How many training images the encoder gives each (label, tokens)."""
-    tokens = [o.backend.run("encoder", {"x": ds.x[i:i + BATCH].astype(np.float32)})["logits"].argmax(-1)
+    tokens = [pipe.backend.run("encoder", {"x": ds.x[i:i + BATCH].astype(np.float32)})["logits"].argmax(-1)
               for i in range(0, len(ds.x), BATCH)]
     return collections.Counter(zip(ds.labels.tolist(), map(tuple, np.concatenate(tokens).tolist())))
 
 
-def sample_all(o, p, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_all(pipe: Pipeline, p, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels, tokens, flags = [], [], []
-    for s in range(0, n, BATCH):
-        d = draw(np.arange(s, min(n, s + BATCH)), o.model.meta)
-        x, tok = sample_batch(o.model, d, solver=p.solver, sigmas=p.sigmas)
-        labels.append(d.labels), tokens.append(tok), flags.append(empty(x))
+    batch = min(BATCH, pipe.batch_max)
+    for part in pipe.stream(np.arange(n), solver=p.solver, sigmas=p.sigmas, batch=batch, nonfinite="keep"):
+        labels.append(part.labels), tokens.append(part.tokens), flags.append(empty(part.x))
     return np.concatenate(labels), np.concatenate(tokens), np.concatenate(flags)
 
 
-def probe(o, p, seed: int, label: int, tokens: np.ndarray, others: int) -> dict:
+def probe(pipe: Pipeline, p, seed: int, label: int, tokens: np.ndarray, others: int) -> dict:
     """Seed's noise with every label x first token; the seed's label and tokens with `others` other noises."""
-    meta = o.model.meta
+    meta = pipe.meta
+    levels = dict(solver=p.solver, sigmas=p.sigmas)
     d = draw(np.array([seed]), meta)
     same_noise = 0
     for lab in range(meta.num_classes):
@@ -70,11 +63,11 @@ def probe(o, p, seed: int, label: int, tokens: np.ndarray, others: int) -> dict:
             d.labels = np.array([lab], np.int32)
             tok = tokens.copy()[None]
             tok[0, 0] = t0
-            same_noise += int(empty(sample_batch(o.model, d, solver=p.solver, sigmas=p.sigmas, tokens=tok)[0])[0])
+            same_noise += int(empty(sample_draws(pipe, d, **levels, tokens=tok).x)[0])
     seeds = np.arange(10**6, 10**6 + others)
     d = draw(seeds, meta)
     d.labels = np.full(others, label, np.int32)
-    x, _ = sample_batch(o.model, d, solver=p.solver, sigmas=p.sigmas, tokens=np.repeat(tokens[None], others, 0))
+    x = sample_draws(pipe, d, **levels, tokens=np.repeat(tokens[None], others, 0)).x
     return {"seed": seed, "label": label, "tokens": tokens.tolist(),
             "same_noise_empty": same_noise, "same_noise_tried": meta.num_classes * meta.k,
             "same_code_empty": int(empty(x).sum()), "same_code_tried": others}
@@ -84,17 +77,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=Path("runs/shapes/bundle"))
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
+    add_options(ap)
     a = ap.parse_args()
     spec, _, _ = get("shapes")
     ds = preset_dataset(spec)
-    res: dict = {"machine": machine_name(), "bundle": str(a.bundle), "n": a.n, "empty_max_uint8": EMPTY_MAX,
+    res: dict = {"machine": a.machine or machine_name(), "bundle": str(a.bundle), "n": a.n,
+                 "empty_max_uint8": EMPTY_MAX,
                  "training_images_empty": int(empty(ds.x).sum()), "training_images": len(ds.x)}
-    with open_bundle(a.bundle, "ort", graphs=("denoiser", "encoder", "prior_step")) as o:
-        train = encoder_combos(o, ds)
-        runs = {"fitted-8": plan(o.model.meta, o.manifest.sampling, nfe=8),
-                "heun-35": plan(o.model.meta, o.manifest.sampling, solver="heun", steps=18)}
-        sampled = {name: sample_all(o, p, a.n) for name, p in runs.items()}
+    # every core, spinning: the machine is this benchmark's alone
+    with Pipeline.open(a.bundle, backend="ort", spin="on", graphs=("denoiser", "encoder", "prior_step")) as pipe:
+        train = encoder_combos(pipe, ds)
+        runs = {"fitted-8": pipe.plan(nfe=8), "heun-35": pipe.plan(solver="heun", steps=18)}
+        sampled = {name: sample_all(pipe, p, a.n) for name, p in runs.items()}
         labels, tokens, flags = sampled["fitted-8"]
         res["empty"] = {name: {"count": int(f.sum()), "rate": float(f.mean()), "seeds": np.flatnonzero(f).tolist()}
                         for name, (_, _, f) in sampled.items()}
@@ -103,7 +97,7 @@ def main() -> int:
         res["rare_codes"] = {"threshold": "encoder gave it to < 0.1 % of the training images",
                              "samples": int(rare.sum()), "empty_among_them": int(flags[rare].sum()),
                              "empty_among_the_rest": int(flags[~rare].sum())}
-        res["probes"] = [{**probe(o, runs["fitted-8"], int(s), combos[s][0], tokens[s], 64),
+        res["probes"] = [{**probe(pipe, runs["fitted-8"], int(s), combos[s][0], tokens[s], 64),
                           "training_images_with_this_code": train.get(combos[s], 0)} for s in np.flatnonzero(flags)]
     lines = [f"empty samples (no pixel > {EMPTY_MAX}) on {a.bundle}, n = {a.n} seeds, no guidance ({res['machine']})",
              f"training images that are empty: {res['training_images_empty']} of {res['training_images']}"]
@@ -116,12 +110,7 @@ def main() -> int:
                      f"{p['training_images_with_this_code']} training images): its noise with every label x first "
                      f"token empty {p['same_noise_empty']}/{p['same_noise_tried']}; its code with other noises empty "
                      f"{p['same_code_empty']}/{p['same_code_tried']}")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    a.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = a.out_dir / f"empty-samples-{res['machine']}"
-    atomic_write_text(stem.with_name(stem.name + ".json"), json.dumps(res, indent=2) + "\n")
-    atomic_write_text(stem.with_name(stem.name + ".txt"), text)
+    Results(a.out_dir, "empty-samples", res["machine"]).publish(res, "\n".join(lines), indent=2)
     return 0
 
 

@@ -13,14 +13,13 @@ odd). Teacher: Heun, 255 calls on a fine log-sigma grid, from the same seeds and
   and Heun / Euler on EDM rho=7 (the baseline), with FD_cls (Frechet distance in the features of a
   classifier trained here on real images; excess over the real-vs-real floor at the same n) and class
   adherence. End-to-end latency (prior + ODE, batch 32, ms per sample) for every quality row.
-Writes benchmarks/results/frontier_{toy8,shapes}.json and .png.
+Writes benchmarks/results/frontier-{toy8,shapes}-<machine>.{json,txt,png}.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import multiprocessing
-import json
 import subprocess
 import sys
 import time
@@ -29,14 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from discodiff.atomic import atomic_write_text
+from discodiff.benchmarks import quality_metrics as qm
+from discodiff.benchmarks.common import Results, add_options, machine_name
+from discodiff.benchmarks.frontier_eval import ModelEval
+from discodiff.benchmarks.frontier_report import chart, table, targets
 from discodiff.runtime.solvers import SOLVERS
 
-import quality_metrics as qm
-from frontier_eval import ModelEval
-from frontier_report import chart, table, targets
-
-HERE = Path(__file__).resolve().parent
 CALLS = (4, 5, 6, 8, 10, 12, 16, 35)
 SCHEDULES = ("edm", "logsnr", "fitted")
 BASELINES = (("heun", "edm"), ("euler", "edm"))
@@ -138,8 +135,8 @@ class ImageJudge:
     def __init__(self, res: int, n: int, quick: bool):
         import torch
 
+        from discodiff.benchmarks.classifier import features, train_classifier
         from discodiff.data import shapes
-        from quality_images import features, train_classifier
 
         torch.manual_seed(0)
         self.clf, self.acc = train_classifier(res, 2000 if quick else 12000, 60 if quick else 600, log)
@@ -147,7 +144,7 @@ class ImageJudge:
         self.floor = qm.frechet(features(self.clf, shapes(n, res, seed=702).x), self.real)
 
     def __call__(self, x: np.ndarray, labels: np.ndarray) -> dict:
-        from quality_images import N_COLOURS, classify, features
+        from discodiff.benchmarks.classifier import N_COLOURS, classify, features
 
         pred, _ = classify(self.clf, x)
         fd = qm.frechet(features(self.clf, x), self.real)
@@ -223,22 +220,16 @@ def main() -> int:
                     help="fit schedules for call counts up to this (each fit costs ~8 x calls^2 denoiser calls)")
     ap.add_argument("--refine", type=int, default=1, help="coordinate-descent sweeps per move size in the fit")
     ap.add_argument("--fd-solvers", type=int, default=3, help="shapes: the best solvers given FD_cls rows")
-    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     ap.add_argument("--work", type=Path, default=None,
                     help="where the compared models are trained (default runs/frontier; the shapes DisCo model is "
                          "the demo's runs/shapes)")
-    ap.add_argument("--quick", action="store_true", help="tiny models and few samples: a smoke run")
+    add_options(ap, quick="tiny models and few samples: a smoke run")
     a = ap.parse_args()
     a.work = a.work or Path("runs/frontier-quick" if a.quick else "runs/frontier")
-    a.out_dir.mkdir(parents=True, exist_ok=True)
+    results = Results(a.out_dir, "frontier", a.machine or machine_name())
     for name in (a.only,) if a.only else ("toy8", "shapes"):
         res = run_dataset(name, a)
-        stem = a.out_dir / f"frontier_{name}{'_quick' if a.quick else ''}"
-        atomic_write_text(stem.with_suffix(".json"), json.dumps(res, indent=1) + "\n")
-        chart(res, stem.with_suffix(".png"))
-        text = table(res)
-        atomic_write_text(stem.with_suffix(".txt"), text + "\n")
-        print(text)
+        results.publish(res, table(res), name + ("-quick" if a.quick else ""), chart)
     return 0
 
 

@@ -1,7 +1,7 @@
-"""One model's side of the frontier benchmark: its bundle's graphs on ONNX Runtime (what deploys),
-evaluation draws and their prior tokens (made once, shared by every row), the Heun teacher on them,
-schedules fitted per solver, and per row (solver, schedule, calls): samples, teacher RMSE and end-to-end
-latency at batch 32. Quality measures proper (FD_cls, W2, ...) are the driver's.
+"""One model's side of the frontier benchmark: its bundle's graphs on ONNX Runtime (what deploys, opened
+as a Pipeline), evaluation draws and their prior tokens (made once, shared by every row), the Heun teacher
+on them, schedules fitted per solver, and per row (solver, schedule, calls): samples, teacher RMSE and
+end-to-end latency at batch 32. Quality measures proper (FD_cls, W2, ...) are the driver's.
 """
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import time
 
 import numpy as np
 
-from discodiff.runtime.bundle import open_bundle
+from discodiff.benchmarks.common import sample_draws, timed
+from discodiff.runtime import Pipeline
 from discodiff.runtime.draws import draw
 from discodiff.runtime.fit.model import conditioned_denoiser
 from discodiff.runtime.fit.schedule import GRID, fit, teacher, teacher_x0
-from discodiff.runtime.sampling import prior_tokens, sample_batch
+from discodiff.runtime.sampling import prior_tokens
 from discodiff.runtime.schedule import schedule_steps
 from discodiff.runtime.solvers import steps_for
 
@@ -23,8 +24,9 @@ CAL_SEED = 1_000_000_000
 
 class ModelEval:
     def __init__(self, bundle, n_eval: int, n_teacher: int, n_cal: int, log=print):
-        self.opened = open_bundle(bundle, "ort", "fp32")
-        self.model, man = self.opened.model, self.opened.manifest
+        # every core, spinning: the machine is this benchmark's alone
+        self.pipe = Pipeline.open(bundle, backend="ort", precision="fp32", spin="on")
+        self.model, man = self.pipe.model, self.pipe.manifest
         self.meta, self.log = self.model.meta, log
         self.batch = man.sampling_batch_max                       # rows per prior call; the denoiser takes 2x
         self.den_batch = man.graph("denoiser").batch.max
@@ -43,7 +45,7 @@ class ModelEval:
             f"{time.perf_counter() - t0:.0f} s")
 
     def close(self) -> None:
-        self.opened.close()
+        self.pipe.close()
 
     def _range(self) -> dict:
         return {"sigma_min": self.meta.sigma_min, "sigma_max": self.meta.sigma_max}
@@ -70,8 +72,8 @@ class ModelEval:
     # ----------------------------------------------------------------------------------- rows
     def sample(self, solver: str, sigmas: np.ndarray, n: int) -> np.ndarray:
         """The first n evaluation samples with this solver and these levels (their own tokens)."""
-        xs = [sample_batch(self.model, self.d.take(slice(i, min(i + self.batch, n))), solver=solver, sigmas=sigmas,
-                           tokens=self.tokens[i:min(i + self.batch, n)])[0] for i in range(0, n, self.batch)]
+        xs = [sample_draws(self.pipe, self.d.take(slice(i, min(i + self.batch, n))), solver=solver, sigmas=sigmas,
+                           tokens=self.tokens[i:min(i + self.batch, n)]).x for i in range(0, n, self.batch)]
         return np.concatenate(xs)
 
     def teacher_rmse(self, solver: str, sigmas: np.ndarray) -> float:
@@ -83,10 +85,5 @@ class ModelEval:
         `repeats`, ms per sample."""
         batch = min(batch, self.batch)
         d = draw(np.arange(batch), self.meta)
-        sample_batch(self.model, d, solver=solver, sigmas=sigmas)       # warm-up
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            sample_batch(self.model, d, solver=solver, sigmas=sigmas)
-            ts.append(time.perf_counter() - t0)
+        ts, _ = timed(lambda: sample_draws(self.pipe, d, solver=solver, sigmas=sigmas), repeats)
         return 1000 * float(np.median(ts)) / batch

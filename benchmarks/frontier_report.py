@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from discodiff.atomic import atomic_savefig
+from discodiff.benchmarks.common import Target, pyplot, save_figure
 
 
 def _rows(res: dict, variant: str) -> list[dict]:
@@ -14,11 +14,11 @@ def _quality_key(res: dict) -> str:
     return "fd_cls_excess" if res["data"] == "shapes" else "excess_w2_matched"
 
 
-def targets(res: dict) -> list[dict]:
+def targets(res: dict) -> list[Target]:
     out = []
 
     def add(name, value, ok, **detail):
-        out.append({"target": name, "value": value, "met": bool(ok), **detail})
+        out.append(Target(name, value, ok, detail))
 
     disco, plain = _rows(res, "disco"), _rows(res, "plain")
     grid = res["models"].get("disco", {}).get("rmse_grid", [])
@@ -75,16 +75,12 @@ def table(res: dict) -> str:
         lines.append(f"FD_cls real-vs-real floor at n={res['n']}: {res['fd_floor']:.2f}; classifier accuracy "
                      f"{res['classifier_accuracy']:.3f}")
     lines.append("")
-    lines += [f"[{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']:.3g}" for t in res["targets"]]
+    lines += [t.line() for t in res["targets"]]
     return "\n".join(lines)
 
 
 def chart(res: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     q = _quality_key(res)
     label = {"fd_cls_excess": "FD_cls excess over real-vs-real", "excess_w2_matched": "excess W2 (count-matched)"}[q]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), dpi=100)
@@ -110,7 +106,4 @@ def chart(res: dict, path) -> None:
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=6, ncol=2)
-    fig.suptitle(f"{res['data']}: quality against calls and latency; DisCo-Diff solid, plain twin dashed", fontsize=10)
-    fig.tight_layout()
-    atomic_savefig(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, f"{res['data']}: quality against calls and latency; DisCo-Diff solid, plain twin dashed")

@@ -10,8 +10,8 @@ network backend differs. Stages: prior (KV cache and recompute), one denoiser ca
 to end; median and spread of --repeats runs after warm-up. Fidelity: final samples against PyTorch
 eager float32. Compute floor: denoiser FLOPs x NFE x batch / the float32 matmul rate measured here.
 Shared cores (latency_shared.py): the runtime alone and next to a training-step loop under three thread
-policies, both sides' slowdown. Writes benchmarks/results/latency-<machine>.json and .png and prints
-the table.
+policies, both sides' slowdown. Writes benchmarks/results/latency[-quick|-demo]-<machine>.{json,txt,png}
+and prints the table.
 """
 from __future__ import annotations
 
@@ -19,45 +19,19 @@ import argparse
 import json
 import os
 import platform
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from discodiff.atomic import atomic_savefig, atomic_write_text
+from discodiff.benchmarks import latency_shared
+from discodiff.benchmarks.common import Results, Target, add_options, child, machine_name, pyplot, save_figure, script
 
-import latency_shared
-
-HERE = Path(__file__).resolve().parent
 CPU_ROWS = ("torch-eager", "torch-compile", "ort-fp32", "ort-fp16")
 GPU_ROWS = ("torch-cuda-fp32", "torch-cuda-fp16", "torch-cuda-graphs")
 FP32_ROWS = ("torch-eager", "torch-compile", "ort-fp32", "torch-cuda-fp32", "torch-cuda-graphs")
 NFE = lambda steps: 2 * steps - 1  # noqa: E731 - Heun
-
-
-def cpu_isa() -> str:
-    """'avx512', 'avx2' or 'no-avx2': what PyTorch's and ONNX Runtime's CPU kernels can use here."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "no-avx2"
-
-
-def machine_name() -> str:
-    """CPU model + cores, e.g. amd-epyc-2c; without AVX-512 the ISA is added (amd-epyc-2c-avx2): the same
-    model name covers machines 2-3x apart."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1] for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
-    isa = cpu_isa()
-    return f"{slug}-{os.cpu_count()}c" + ("" if isa in ("avx512", "unknown") else f"-{isa}")
 
 
 def cuda_info() -> dict | None:
@@ -69,16 +43,6 @@ def cuda_info() -> dict | None:
     except ImportError:
         pass
     return None
-
-
-def run_py(args: list[str], env_threads: int | None = None) -> None:
-    env = dict(os.environ)
-    if env_threads:
-        env["OMP_NUM_THREADS"] = str(env_threads)
-    r = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(f"{' '.join(args[:3])} failed:\n" + "\n".join(tail))
 
 
 def stats(ts: list[float]) -> dict:
@@ -98,8 +62,7 @@ def measure(a, rows: list[str], tmp: Path) -> dict:
     for probe in ("matmul", "flops") + (() if a.demo or a.quick else ("prior32", "ortopts")):
         print(f"probe {probe} ...", flush=True)
         f = tmp / f"{probe}.json"
-        run_py([str(HERE / "latency_probes.py"), probe, "--checkpoint", str(a.checkpoint), "--bundle", str(a.bundle),
-                "--json", str(f)])
+        child(script("latency_probes.py", probe, "--checkpoint", a.checkpoint, "--bundle", a.bundle, "--json", f))
         probes[probe] = json.loads(f.read_text())
     results = []
     for batch in a.batches:
@@ -113,9 +76,8 @@ def measure(a, rows: list[str], tmp: Path) -> dict:
                 print(f"round {rnd + 1}/{a.rounds}: {row}, batch {batch} ...", flush=True)
                 j, s = tmp / f"{row}-{batch}-{rnd}.json", tmp / f"{row}-{batch}-{rnd}.npz"
                 try:
-                    run_py([str(HERE / "latency_worker.py"), "--row", row, "--checkpoint", str(a.checkpoint),
-                            "--bundle", str(a.bundle), "--batch", str(batch), "--steps", str(a.steps),
-                            "--repeats", str(a.repeats), "--json", str(j), "--samples", str(s)])
+                    child(script("latency_worker.py", "--row", row, "--checkpoint", a.checkpoint, "--bundle", a.bundle,
+                                 "--batch", batch, "--steps", a.steps, "--repeats", a.repeats, "--json", j, "--samples", s))
                 except RuntimeError as e:
                     print(f"  skipped: {e}", flush=True)
                     errors[row] = str(e).splitlines()[-1]
@@ -152,12 +114,12 @@ def derive(report: dict, steps: int) -> None:
                 r[f"speedup_vs_{base}"] = by[(base, r["batch"])]["stages"]["end_to_end"]["median_ms"] / e2e
 
 
-def targets(report: dict) -> list[dict]:
+def targets(report: dict) -> list[Target]:
     by = {(r["row"], r["batch"]): r for r in report["results"] if "error" not in r}
     out = []
 
     def add(name, value, ok):
-        out.append({"target": name, "value": value, "met": bool(ok)})
+        out.append(Target(name, value, ok))
 
     for b in report["batches"]:
         r = by.get(("ort-fp32", b))
@@ -215,17 +177,12 @@ def table(report: dict) -> str:
     if report.get("shared"):
         lines += ["", latency_shared.table(report["shared"])]
     lines.append("")
-    for t in report["targets"]:
-        lines.append(f"[{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']:.3g}")
+    lines += [t.line() for t in report["targets"]]
     return "\n".join(lines)
 
 
 def chart(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     batches = report["batches"]
     fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 3.8), dpi=100)
     axes = np.atleast_1d(axes)
@@ -242,10 +199,7 @@ def chart(report: dict, path: Path) -> None:
         ax.set_title(f"batch {b}, Heun {report['steps']} steps ({NFE(report['steps'])} NFE)", fontsize=10)
         ax.invert_yaxis()
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"DisCo-Diff sampling latency on {report['machine']}", fontsize=10)
-    fig.tight_layout()
-    atomic_savefig(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, f"DisCo-Diff sampling latency on {report['machine']}")
 
 
 def main() -> int:
@@ -257,9 +211,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per stage per round")
     ap.add_argument("--rounds", type=int, default=2, help="passes over all rows, in alternating order")
     ap.add_argument("--rows", type=str, default=None, help="comma-separated rows (default: all that can run here)")
-    ap.add_argument("--machine", type=str, default=None, help="name in the results file (default: CPU model + cores)")
-    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
-    ap.add_argument("--quick", action="store_true", help="smoke run: batches 1,4 and 2 repeats")
+    add_options(ap, quick="smoke run: batches 1,4 and 2 repeats", machine="CPU model + cores [+ GPU]")
     ap.add_argument("--demo", action="store_true", help="the README demo's short run: PyTorch eager vs ONNX Runtime "
                     "fp32 at batch 1 and 32, one round of 3, no session-option, prior or shared-core probes")
     ap.add_argument("--no-shared", dest="shared", action="store_false", help="skip the shared-core rows")
@@ -291,7 +243,7 @@ def main() -> int:
 
         if available()[0] and json.loads((a.bundle / "manifest.json").read_text()).get("engines"):
             rows.append("trt-fp16")
-    machine = a.machine or (machine_name() + ("-" + re.sub(r"[^a-z0-9]+", "-", gpu["gpu"].lower()) if gpu else ""))
+    machine = a.machine or machine_name(gpu["gpu"] if gpu else None)
     with tempfile.TemporaryDirectory() as tmp:
         report = measure(a, rows, Path(tmp))
         if a.shared:
@@ -305,14 +257,9 @@ def main() -> int:
                   checkpoint=str(a.checkpoint))
     derive(report, a.steps)
     report["targets"] = targets(report)
-    text = table(report)
-    print(text)
-    a.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = a.out_dir / f"latency-{machine}{'-quick' if a.quick else '-demo' if a.demo else ''}"
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(report, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
-    atomic_write_text(stem.with_suffix(".txt"), text + "\n")
-    chart(report, stem.with_suffix(".png"))
-    print(f"\nwrote {stem}.json, .txt and .png")
+    variant = "quick" if a.quick else "demo" if a.demo else ""
+    path = Results(a.out_dir, "latency", machine).publish(report, table(report), variant, chart, indent=2)
+    print(f"\nwrote {path}, .txt and .png")
     return 0
 
 

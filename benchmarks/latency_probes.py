@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from discodiff.benchmarks.common import timed
+
 
 def matmul_rate(n: int = 1024, repeats: int = 20) -> dict:
     """Float32 matmul GFLOP/s with each library at hand (torch, numpy, ONNX Runtime), default threads.
@@ -48,21 +50,24 @@ def matmul_rate(n: int = 1024, repeats: int = 20) -> dict:
     return {"n": n, "gflops": rates[best], "best": best, "by_library": rates, "threads": torch.get_num_threads()}
 
 
-def denoiser_flops(checkpoint: Path) -> dict:
+def denoiser_flops(model) -> int:
+    """FLOPs of one denoiser call on one sample (matmuls and convolutions, counted by torch)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from discodiff.checkpoint import load_model
-
-    model, _ = load_model(checkpoint)
     cfg = model.cfg
-    x = torch.randn(1, *cfg.data_shape)
     kw = {"tokens": torch.zeros(1, cfg.m, dtype=torch.int32) if cfg.m else None,
           "class_labels": torch.zeros(1, dtype=torch.int32) if cfg.num_classes else None}
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model.denoiser(x, torch.ones(1), **kw)
-    return {"flops_per_sample": int(fc.get_total_flops()),
-            "params": sum(p.numel() for p in model.denoiser.parameters())}
+        model.denoiser(torch.randn(1, *cfg.data_shape), torch.ones(1), **kw)
+    return int(fc.get_total_flops())
+
+
+def flops(checkpoint: Path) -> dict:
+    from discodiff.checkpoint import load_model
+
+    model, _ = load_model(checkpoint)
+    return {"flops_per_sample": denoiser_flops(model), "params": sum(p.numel() for p in model.denoiser.parameters())}
 
 
 def prior32(checkpoint: Path, tokens: int = 32, repeats: int = 7) -> dict:
@@ -73,44 +78,39 @@ def prior32(checkpoint: Path, tokens: int = 32, repeats: int = 7) -> dict:
     from discodiff.export.graphs import graph_specs
     from discodiff.export.onnx_export import export_graph
     from discodiff.networks import DisCoDiff
+    from discodiff.runtime import Pipeline
     from discodiff.runtime.backends.ort import OrtBackend
-    from discodiff.runtime.model import BundleModel
-    from discodiff.runtime.tokens import sample_tokens
+    from discodiff.runtime.draws import Draws
+    from discodiff.runtime.sampling import prior_tokens
     from discodiff.sampling import model_meta
 
     cfg = replace(from_dict(ModelConfig, read_info(checkpoint)["model"]), m=tokens)
     torch.manual_seed(0)
-    model = DisCoDiff(cfg).eval()
-    specs = graph_specs(model, max_batch=32)
+    specs = graph_specs(DisCoDiff(cfg).eval(), max_batch=32)
     rng = np.random.default_rng(0)
     out: dict = {"tokens": tokens, "prior": {"width": cfg.prior.width, "depth": cfg.prior.depth,
                                              "heads": cfg.prior.heads}}
     with tempfile.TemporaryDirectory() as tmp:
         graphs, paths = {}, {}
-        for name in ("prior_step", "prior_recompute"):
+        for name in ("prior_step", "prior_recompute", "denoiser"):    # the model adapter needs a denoiser too
             spec, wrapper = specs[name]
             paths[name] = Path(tmp) / f"{name}.onnx"
-            export_graph(wrapper, spec, paths[name], spec.sample_feeds(rng, 2))
+            # the denoiser's example from a generator of its own: `rng` goes on to draw the uniforms below
+            example_rng = np.random.default_rng(1) if name == "denoiser" else rng
+            export_graph(wrapper, spec, paths[name], spec.sample_feeds(example_rng, 2))
             graphs[name] = spec
-        backend = OrtBackend(graphs, paths)
-        bm = BundleModel.__new__(BundleModel)   # the prior half of the adapter: no denoiser graph here
-        bm.backend, bm.meta = backend, model_meta(cfg)
-        for batch in (1, 32):
-            labels = np.zeros(batch, np.int32)
-            u = rng.random((batch, tokens))
-            row = {}
-            for mode in ("cache", "recompute"):
-                ts, toks = [], None
-                for i in range(repeats + 1):
-                    t0 = time.perf_counter()
-                    toks = sample_tokens(bm.prior_step(batch, recompute=mode == "recompute"), labels, u)
-                    if i:
-                        ts.append(time.perf_counter() - t0)
-                row[mode] = {"median_s": float(np.median(ts)), "tokens": toks}
-            row["tokens_equal"] = bool(np.array_equal(row["cache"].pop("tokens"), row["recompute"].pop("tokens")))
-            row["speedup"] = row["recompute"]["median_s"] / row["cache"]["median_s"]
-            out[f"batch{batch}"] = row
-        backend.close()
+        with OrtBackend(graphs, paths) as backend:
+            pipe = Pipeline.from_backend(backend, model_meta(cfg))
+            for batch in (1, 32):
+                d = Draws(np.arange(batch), np.zeros(batch, np.int32), rng.random((batch, tokens)),
+                          np.zeros((batch, *cfg.data_shape), np.float32))
+                row = {}
+                for mode in ("cache", "recompute"):
+                    ts, toks = timed(lambda: prior_tokens(pipe.model, d, recompute=mode == "recompute"), repeats)
+                    row[mode] = {"median_s": float(np.median(ts)), "tokens": toks}
+                row["tokens_equal"] = bool(np.array_equal(row["cache"].pop("tokens"), row["recompute"].pop("tokens")))
+                row["speedup"] = row["recompute"]["median_s"] / row["cache"]["median_s"]
+                out[f"batch{batch}"] = row
     return out
 
 
@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path)
     ap.add_argument("--json", type=Path, required=True)
     a = ap.parse_args()
-    res = {"matmul": lambda: matmul_rate(), "flops": lambda: denoiser_flops(a.checkpoint),
+    res = {"matmul": lambda: matmul_rate(), "flops": lambda: flops(a.checkpoint),
            "prior32": lambda: prior32(a.checkpoint), "ortopts": lambda: ort_options(a.bundle)}[a.probe]()
     a.json.write_text(json.dumps(res))
 

@@ -17,21 +17,20 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+from discodiff.benchmarks.common import Target, child, script
+
 POLICIES = {"spin-all": ["--spin", "on"], "nospin-all": ["--spin", "off"], "auto": ["--spin", "auto"],
             "auto+share": ["--spin", "auto"]}
 
 
 def _heavy(tmp: Path, share: bool = False) -> tuple[subprocess.Popen, Path]:
     out = tmp / f"heavy-{time.time_ns()}.json"
-    return subprocess.Popen([sys.executable, str(HERE / "heavy.py"), "--json", str(out),
-                             *(["--share-cores"] if share else [])]), out
+    return subprocess.Popen(script("heavy.py", "--json", out, *(["--share-cores"] if share else []))), out
 
 
 def _stop(proc: subprocess.Popen, out: Path) -> list[float]:
@@ -48,10 +47,9 @@ def _rate(times: list[float], window: tuple[float, float]) -> float:
 
 def _worker(a, tmp: Path, batch: int, policy: str, repeats: int) -> dict:
     j, s = tmp / f"shared-{policy}-{batch}-{time.time_ns()}.json", tmp / "shared.npz"
-    subprocess.run([sys.executable, str(HERE / "latency_worker.py"), "--row", "ort-fp32", "--checkpoint", str(a.checkpoint),
-                    "--bundle", str(a.bundle), "--batch", str(batch), "--steps", str(a.steps), "--repeats", str(repeats),
-                    "--only-e2e", "--json", str(j), "--samples", str(s), *POLICIES[policy]], check=True,
-                   capture_output=True)
+    child(script("latency_worker.py", "--row", "ort-fp32", "--checkpoint", a.checkpoint, "--bundle", a.bundle,
+                 "--batch", batch, "--steps", a.steps, "--repeats", repeats, "--only-e2e", "--json", j, "--samples", s,
+                 *POLICIES[policy]))
     return json.loads(j.read_text())
 
 
@@ -79,7 +77,7 @@ def measure(a, tmp: Path, batches=(1, 32), repeats: int = 5, warm_s: float = 4.0
     return {"heavy_alone_steps_per_s": heavy_alone, "rows": rows}
 
 
-def targets(shared: dict) -> list[dict]:
+def targets(shared: dict) -> list[Target]:
     out = []
     for b in sorted({r["batch"] for r in shared["rows"]}):
         by = {r["policy"]: r for r in shared["rows"] if r["batch"] == b}
@@ -88,13 +86,13 @@ def targets(shared: dict) -> list[dict]:
         # noise between identical configurations reached 24 % at batch 32 on the reference machine)
         auto_alone = float(np.median([t for r in by.values() if r["policy"].startswith("auto")
                                       for t in r["alone_runs_ms"]]))
-        out.append({"target": f"batch {b}: auto loses <= 15 % alone against the fastest fixed policy",
-                    "value": auto_alone / best - 1, "met": bool(auto_alone <= 1.15 * best)})
+        out.append(Target(f"batch {b}: auto loses <= 15 % alone against the fastest fixed policy", auto_alone / best - 1,
+                          auto_alone <= 1.15 * best))
         for name in ("auto", "auto+share"):
             if name in by:
                 worst = max(by[name]["slowdown"], by[name]["heavy_slowdown"])
-                out.append({"target": f"batch {b}: {name} does not collapse when shared (both sides <= 3x slower)",
-                            "value": worst, "met": bool(worst <= 3.0)})
+                out.append(Target(f"batch {b}: {name} does not collapse when shared (both sides <= 3x slower)", worst,
+                                  worst <= 3.0))
     return out
 
 

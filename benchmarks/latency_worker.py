@@ -4,9 +4,11 @@ disturb PyTorch in a shared one). Run by benchmarks/latency.py; writes a JSON of
 
     python benchmarks/latency_worker.py --row ort-fp32 --batch 32 --json out.json --samples out.npz ...
 
-Every row runs the one sampling core (discodiff.runtime.sampling) on the same seeds 0..batch-1 and the
-same draws; rows differ only in the model adapter: TorchModel (eager, compiled, CUDA, fp16, CUDA graphs)
-or a bundle's graphs on ONNX Runtime / TensorRT.
+Every row is the one Pipeline on the same seeds 0..batch-1, the same draws and the same Heun levels;
+rows differ only in the model under it: TorchModel (eager, compiled, CUDA, fp16, CUDA graphs) or a
+bundle's graphs on ONNX Runtime / TensorRT (Pipeline.open). The prior and one denoiser call are timed
+apart through the sampling core's own pieces (prior_tokens, denoiser_fn), which the Pipeline times only
+inside a whole call.
 """
 from __future__ import annotations
 
@@ -17,25 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from discodiff.benchmarks.common import sample_draws, timed
+
 ROWS = ("torch-eager", "torch-compile", "ort-fp32", "ort-fp16", "trt-fp16",
         "torch-cuda-fp32", "torch-cuda-fp16", "torch-cuda-graphs")
 
 
-def timed(fn, repeats: int, warmup: int, sync=lambda: None) -> tuple[list[float], object]:
-    for _ in range(warmup):
-        out = fn()
-    sync()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        ts.append(time.perf_counter() - t0)
-    return ts, out
-
-
 # ---------------------------------------------------------------------------------------------
-# Rows: one model adapter each; everything after that is the same sampling core
+# Rows: one model adapter each; everything after that is the same Pipeline
 
 
 def torch_row(row: str, checkpoint: Path):
@@ -43,6 +34,7 @@ def torch_row(row: str, checkpoint: Path):
 
     from discodiff.checkpoint import load_model
     from discodiff.networks import to_mixed_fp16
+    from discodiff.runtime import Pipeline
     from discodiff.sampling import TorchModel
 
     cuda = row.startswith("torch-cuda")
@@ -56,7 +48,7 @@ def torch_row(row: str, checkpoint: Path):
     if row == "torch-cuda-graphs":
         den = CudaGraphDenoiser(den, dev)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    return TorchModel(model, dev, denoiser=den), sync, torch.no_grad
+    return Pipeline(TorchModel(model, dev, denoiser=den)), sync, torch.no_grad
 
 
 class CudaGraphDenoiser:
@@ -99,15 +91,13 @@ class CudaGraphDenoiser:
 def runtime_row(row: str, bundle: Path, threads: int | None, spin: str = "on"):
     from contextlib import nullcontext
 
-    from discodiff.runtime.bundle import open_bundle
-    from discodiff.runtime.cpu import plan_cpu
+    from discodiff.runtime import Pipeline
 
-    cpu = plan_cpu(threads, spin)
     precision = "fp16" if row.endswith("fp16") else "fp32"
-    opened = open_bundle(bundle, "trt" if row.startswith("trt") else "ort", precision, threads=cpu.threads,
-                         spinning=cpu.spinning,
+    pipe = Pipeline.open(bundle, backend="trt" if row.startswith("trt") else "ort", precision=precision,
+                         threads=threads, spin=spin,
                          graphs=(("denoiser_fp16" if precision == "fp16" else "denoiser"), "prior_step", "prior_recompute"))
-    return opened.model, (lambda: None), nullcontext, cpu
+    return pipe, (lambda: None), nullcontext
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,29 +121,33 @@ def main() -> None:
     a = ap.parse_args()
 
     from discodiff.runtime.draws import draw
-    from discodiff.runtime.sampling import denoiser_fn, prior_tokens, sample_batch
+    from discodiff.runtime.sampling import denoiser_fn, prior_tokens
+    from discodiff.runtime.schedule import sigma_steps
 
     t_load = time.perf_counter()
-    cpu = None
     if a.row.startswith("torch"):
-        model, sync, ctx = torch_row(a.row, a.checkpoint)
+        pipe, sync, ctx = torch_row(a.row, a.checkpoint)
     else:
-        model, sync, ctx, cpu = runtime_row(a.row, a.bundle, a.threads, a.spin)
+        pipe, sync, ctx = runtime_row(a.row, a.bundle, a.threads, a.spin)
     t_load = time.perf_counter() - t_load
+    model, meta = pipe.model, pipe.meta
     seeds = np.arange(a.batch)
-    d = draw(seeds, model.meta)
-    res: dict = {"row": a.row, "batch": a.batch, "steps": a.steps, "load_s": t_load, "cpu": cpu.describe() if cpu else None}
+    d = draw(seeds, meta)
+    heun = dict(solver="heun", sigmas=sigma_steps(a.steps, meta.sigma_min, meta.sigma_max, meta.rho))
+    run = lambda draws, **kw: sample_draws(pipe, draws, **heun, **kw)  # noqa: E731
+    res: dict = {"row": a.row, "batch": a.batch, "steps": a.steps, "load_s": t_load,
+                 "cpu": pipe.cpu.describe() if pipe.cpu else None}
     if a.only_e2e:
         with ctx():
-            sample_batch(model, d, steps=a.steps)
+            run(d)
             res["window"] = [time.time()]
-            res["stages"] = {"end_to_end": timed(lambda: sample_batch(model, d, steps=a.steps), a.repeats, 0, sync)[0]}
+            res["stages"] = {"end_to_end": timed(lambda: run(d), a.repeats, 0, sync)[0]}
             res["window"].append(time.time())
         a.json.write_text(json.dumps(res))
         return
     with ctx():
         t_first = time.perf_counter()
-        sample_batch(model, d, steps=a.steps)   # first call: includes compilation (torch.compile) or lazy init
+        run(d)                                  # first call: includes compilation (torch.compile) or lazy init
         sync()
         res["first_call_s"] = time.perf_counter() - t_first
         stages = {}
@@ -162,9 +156,9 @@ def main() -> None:
         D = denoiser_fn(model, tok, d.labels)
         x0 = model.asarray(d.noise) * 10.0
         stages["denoiser_call"], _ = timed(lambda: D(x0, 10.0), max(a.repeats, 10), 2, sync)
-        stages["ode"], _ = timed(lambda: sample_batch(model, d, steps=a.steps, tokens=tok), a.repeats, a.warmup, sync)
-        stages["end_to_end"], (x, tok_e) = timed(lambda: sample_batch(model, draw(seeds, model.meta), steps=a.steps),
-                                                 a.repeats, a.warmup, sync)
+        stages["ode"], _ = timed(lambda: run(d, tokens=tok), a.repeats, a.warmup, sync)
+        stages["end_to_end"], out = timed(lambda: run(draw(seeds, meta)), a.repeats, a.warmup, sync)
+        x, tok_e = out.x, out.tokens
     res["stages"] = stages
     res["tokens_cache_equal_recompute"] = bool(np.array_equal(tok, tok_r))
     a.samples.parent.mkdir(parents=True, exist_ok=True)

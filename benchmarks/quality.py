@@ -10,12 +10,12 @@ the truth-vs-truth floor and the excess over it, off-mode share and mode balance
 code use, and ODE-trajectory curvature, at Heun and Euler NFE 5..99. Images (shapes): a classifier
 trained here on real images labels generated samples; label histograms, confidence, class adherence,
 and the agreement of the learned tokens with the true colour and shape (NMI).
-Writes benchmarks/results/quality_toy8.json, quality_shapes.json and PNGs.
+Writes benchmarks/results/quality-{toy8,shapes}-<machine>.json and PNGs (quality-toy8-{scatter,w2,curvature}-
+<machine>.png, quality-shapes-grids-<machine>.png).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,19 +24,17 @@ import numpy as np
 import torch
 
 from discodiff import presets
-from discodiff.atomic import atomic_savefig, atomic_write_text
+from discodiff.benchmarks import quality_metrics as qm
+from discodiff.benchmarks.common import Results, Target, add_options, machine_name, pyplot, sample_draws, save_figure
 from discodiff.checkpoint import load_model
 from discodiff.config import DataSpec, replace
 from discodiff.data import load, spec_for_path, toy8, toy8_centres
-from discodiff.runtime.sampling import sample_batch
+from discodiff.runtime import Pipeline
 from discodiff.runtime.schedule import sigma_steps
-from discodiff.sampling import sample
+from discodiff.sampling import TorchModel, sample
 from discodiff.train.dist import Dist
 from discodiff.train.loop import train
 
-import quality_metrics as qm
-
-HERE = Path(__file__).resolve().parent
 HEUN_STEPS = (3, 5, 10, 18, 50)          # NFE 5, 9, 19, 35, 99
 EULER_STEPS = (5, 9, 19, 35, 99)         # the same NFE
 TOY_STD, TOY_RADIUS = 0.2, 3.0
@@ -136,20 +134,17 @@ def toy_eval(models: dict, truth, n: int, seeds: list[int], grid: list[tuple[str
 def trajectories(model, n: int, steps: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """Heun trajectories of n samples, [steps+1, n, d] states, and the noise level of each state."""
     from discodiff.runtime.draws import draw
-    from discodiff.runtime.sampling import prior_tokens
-    from discodiff.sampling import TorchModel
 
     tm = TorchModel(model)
     d = draw(np.arange(n) + 7_000_000, tm.meta)
     sig = sigma_steps(steps)
     states = [d.noise * np.float32(sig[0])]
     with torch.no_grad():
-        sample_batch(tm, d, sigmas=sig, tokens=prior_tokens(tm, d),
-                     callback=lambda i, x: states.append(x.numpy().copy()))
+        sample_draws(Pipeline(tm), d, solver="heun", sigmas=sig, callback=lambda i, x: states.append(x.numpy().copy()))
     return np.stack(states), sig
 
 
-def toy_targets(res: dict, suffix: str = "") -> list[dict]:
+def toy_targets(res: dict, suffix: str = "") -> list[Target]:
     """The issue's targets for the pair disco{suffix} / plain{suffix}."""
     rows = {(r["model"], r["solver"], r["nfe"]): r for r in res["rows"]}
     dn, pn = "disco" + suffix, "plain" + suffix
@@ -157,7 +152,7 @@ def toy_targets(res: dict, suffix: str = "") -> list[dict]:
     out = []
 
     def add(name, value, ok):
-        out.append({"target": name + size, "value": value, "met": bool(ok)})
+        out.append(Target(name + size, value, ok))
 
     d, p = rows.get((dn, "heun", 99)), rows.get((pn, "heun", 99))
     if d and p:
@@ -183,12 +178,9 @@ def toy_targets(res: dict, suffix: str = "") -> list[dict]:
     return out
 
 
-def toy_plots(models: dict, res: dict, curv: dict, out_dir: Path, stem: str, ref: np.ndarray, n: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def toy_plots(models: dict, res: dict, curv: dict, png, ref: np.ndarray, n: int) -> None:
+    """png(kind) -> the path of that chart."""
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(models), figsize=(4.6 * len(models), 9), dpi=100, squeeze=False)
     for j, (name, model) in enumerate(models.items()):
         # Top: 9 Euler steps, where the latents matter most; bottom: 50 Heun steps (NFE 99).
@@ -204,9 +196,7 @@ def toy_plots(models: dict, res: dict, curv: dict, out_dir: Path, stem: str, ref
             ax.set_aspect("equal")
             ax.set_xlim(-4.5, 4.5)
             ax.set_ylim(-4.5, 4.5)
-    fig.tight_layout()
-    atomic_savefig(fig, out_dir / f"{stem}_scatter.png")
-    plt.close(fig)
+    save_figure(fig, png("scatter"))
 
     panels = [("excess_w2", "excess W2 over the truth-vs-truth floor"), ("off_mode", "off-mode share")]
     if any("excess_w2_matched" in r for r in res["rows"]):
@@ -228,9 +218,7 @@ def toy_plots(models: dict, res: dict, curv: dict, out_dir: Path, stem: str, ref
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_savefig(fig, out_dir / f"{stem}_w2.png")
-    plt.close(fig)
+    save_figure(fig, png("w2"))
 
     if curv:
         fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=100)
@@ -244,12 +232,10 @@ def toy_plots(models: dict, res: dict, curv: dict, out_dir: Path, stem: str, ref
         ax.set_title("ODE trajectory curvature (Heun, 100 steps)", fontsize=10)
         ax.legend()
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        atomic_savefig(fig, out_dir / f"{stem}_curvature.png")
-        plt.close(fig)
+        save_figure(fig, png("curvature"))
 
 
-def run_toy(a) -> dict:
+def run_toy(a, results: Results) -> dict:
     quick = a.quick
     n = a.n or (200 if quick else 4000)
     seeds = [0] if quick else [0, 1, 2]
@@ -263,13 +249,13 @@ def run_toy(a) -> dict:
         n = min(n, len(ds) // 3)
         held, ds.x = ds.x[perm[:2 * n]], ds.x[perm[2 * n:]]
         truth = lambda k, s: held[np.random.default_rng(s).permutation(len(held))[:k]]  # noqa: E731
-        known, stem = False, f"quality_{Path(a.data).stem}"
+        known, variant = False, Path(a.data).stem
         models = {"disco": train_or_load(a.toy_disco, work, "disco", "", 1, a.toy_steps, ds=ds),
                   "plain": train_or_load(a.toy_plain, work, "plain", "", 0, a.toy_steps, ds=ds)}
     else:
         preset = "toy8-tiny" if quick else "toy8"
         truth = lambda k, s: toy8(k, s).x  # noqa: E731
-        known, stem = True, "quality_toy8" + ("_quick" if quick else "")
+        known, variant = True, "toy8" + ("-quick" if quick else "")
         models = {"disco": train_or_load(a.toy_disco, work, "disco", preset, 1, a.toy_steps),
                   "plain": train_or_load(a.toy_plain, work, "plain", preset, 0, a.toy_steps)}
         if a.toy_small and not quick:
@@ -292,11 +278,11 @@ def run_toy(a) -> dict:
     res.update(n=n, seeds=seeds, models={k: {"m": m.cfg.m, "k": m.cfg.k,
                                               "params": sum(p.numel() for p in m.denoiser.parameters())}
                                           for k, m in models.items()})
-    toy_plots(models, res, curv, a.out_dir, stem, truth(n, 99), min(n, 2000))
-    atomic_write_text(a.out_dir / f"{stem}.json", json.dumps(res, indent=2) + "\n")
+    toy_plots(models, res, curv, lambda kind: results.path("png", f"{variant}-{kind}"), truth(n, 99), min(n, 2000))
+    path = results.write(res, variant=variant, indent=2)
     for t in res.get("targets", []):
-        log(f"[{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']:.3g}")
-    log(f"wrote {a.out_dir / stem}.json and PNGs")
+        log(t.line())
+    log(f"wrote {path} and PNGs")
     return res
 
 
@@ -314,8 +300,7 @@ def main() -> int:
     ap.add_argument("--shapes-steps", type=int, default=None, help="training steps for both shapes models")
     ap.add_argument("--n", type=int, default=None, help="points per W2 evaluation (default 4000)")
     ap.add_argument("--work", type=Path, default=Path("runs/quality"), help="where trained models are kept")
-    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
-    ap.add_argument("--quick", action="store_true", help="tiny presets, few points: a smoke run")
+    add_options(ap, quick="tiny presets, few points: a smoke run")
     a = ap.parse_args()
     for p in (a.toy_disco, a.toy_plain, a.shapes_disco, a.shapes_plain):
         if p is not None and not p.is_file():
@@ -326,12 +311,13 @@ def main() -> int:
         print("quality.py: error: --n must be >= 10", file=sys.stderr)
         return 2
     a.out_dir.mkdir(parents=True, exist_ok=True)
+    results = Results(a.out_dir, "quality", a.machine or machine_name())
     if a.only in (None, "toy8") or a.data:
-        run_toy(a)
+        run_toy(a, results)
     if a.only in (None, "shapes") and not a.data:
-        from quality_images import run_shapes
+        from discodiff.benchmarks.quality_images import run_shapes
 
-        run_shapes(a, train_or_load, log)
+        run_shapes(a, train_or_load, log, results)
     return 0
 
 

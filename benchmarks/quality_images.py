@@ -1,7 +1,7 @@
 """The image half of benchmarks/quality.py: DisCo-Diff against the plain model on `shapes`, where the
 true discrete factors (shape = class label, colour = unlabelled) are known.
 
-A small CNN trained here on real images (12 classes: shape x colour) labels generated samples.
+The classifier of benchmarks/classifier.py (12 classes: shape x colour) labels generated samples.
 Reported per model and NFE: label histogram against the data's (total variation), mean classifier
 confidence, class adherence (predicted shape = requested class), colour balance; for DisCo-Diff the
 normalised mutual information between its tokens and the true colour and shape (on real images
@@ -9,82 +9,26 @@ through the encoder, and on generated images through the classifier).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from discodiff.atomic import atomic_write_text
+from discodiff.benchmarks import quality_metrics as qm
+from discodiff.benchmarks.classifier import N_COLOURS, classify, train_classifier
+from discodiff.benchmarks.common import Results
 from discodiff.data import shapes
 from discodiff.runtime.draws import draw
 from discodiff.runtime.images import grid, to_uint8, write_png
 from discodiff.sampling import model_meta, sample
-
-import quality_metrics as qm
-
-N_COLOURS = 4
-
-
-class Classifier(nn.Module):
-    def __init__(self, classes: int):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.SiLU(), nn.Conv2d(32, 32, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2), nn.Flatten(), nn.LazyLinear(128), nn.SiLU(),
-            nn.Linear(128, classes))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def train_classifier(res: int, n: int, steps: int, log) -> tuple[Classifier, float]:
-    """Shape x colour classifier on fresh real images; returns it and its held-out accuracy."""
-    torch.manual_seed(0)
-    ds = shapes(n, res, seed=123)
-    test = shapes(1000, res, seed=456)
-    y = torch.from_numpy(ds.factors["shape"] * N_COLOURS + ds.factors["colour"])
-    x = torch.from_numpy(ds.x)
-    clf = Classifier(3 * N_COLOURS)
-    clf(x[:2])
-    opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(len(x), (128,), generator=g)
-        xb = x[idx] + 0.05 * torch.randn(x[idx].shape, generator=g)  # a little noise: samples are not pixel-perfect
-        loss = F.cross_entropy(clf(xb), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    clf.eval()
-    with torch.no_grad():
-        pred = clf(torch.from_numpy(test.x)).argmax(1).numpy()
-    acc = float(np.mean(pred == test.factors["shape"] * N_COLOURS + test.factors["colour"]))
-    log(f"classifier: held-out accuracy {acc:.3f} on 1000 real images")
-    return clf, acc
-
-
-@torch.no_grad()
-def features(clf: Classifier, x: np.ndarray) -> np.ndarray:
-    """The classifier's penultimate activations [n, 128]: the feature space of FD_cls."""
-    body = clf.net[:-1]
-    return torch.cat([body(torch.from_numpy(x[i:i + 512])) for i in range(0, len(x), 512)]).numpy()
-
-
-@torch.no_grad()
-def classify(clf: Classifier, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p = torch.cat([clf(torch.from_numpy(x[i:i + 512])).softmax(1) for i in range(0, len(x), 512)]).numpy()
-    return p.argmax(1), p.max(1)
 
 
 def joint_tokens(tokens: np.ndarray, k: int) -> np.ndarray:
     return (tokens * (k ** np.arange(tokens.shape[1]))).sum(1)
 
 
-def run_shapes(a, train_or_load, log) -> dict:
+def run_shapes(a, train_or_load, log, results: Results) -> dict:
     quick = a.quick
     preset = "shapes-tiny" if quick else "shapes"
     work = a.work / ("shapes-quick" if quick else "shapes")
@@ -128,11 +72,11 @@ def run_shapes(a, train_or_load, log) -> dict:
         "joint_codes_used": int(len(np.unique(jt)))}
     log(f"  DisCo tokens on real images: NMI with colour {out['disco_tokens_on_real']['nmi_colour']:.3f}, "
         f"with shape {out['disco_tokens_on_real']['nmi_shape']:.3f}")
-    stem = "quality_shapes" + ("_quick" if quick else "")
-    save_grids(models, a.out_dir / f"{stem}_grids.png", steps_grid, cfg)
+    variant = "shapes" + ("-quick" if quick else "")
+    save_grids(models, results.path("png", f"{variant}-grids"), steps_grid, cfg)
     out["seconds"] = time.time() - t0
-    atomic_write_text(a.out_dir / f"{stem}.json", json.dumps(out, indent=2) + "\n")
-    log(f"wrote {a.out_dir / stem}.json and {stem}_grids.png")
+    path = results.write(out, variant=variant, indent=2)
+    log(f"wrote {path} and {results.path('png', f'{variant}-grids').name}")
     return out
 
 

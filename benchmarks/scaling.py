@@ -10,7 +10,7 @@ Euler with 4 calls) at batch 1 and 4 for PyTorch eager and the runtime (ONNX Run
 its own process on the same draws (with initial weights the layers EDM initialises to zero make the
 denoiser D(x) = c_skip x and parity trivially exact: --perturb-zero-init changes that); the compute floor (FLOPs / the best float32 matmul rate measured in
 the same run) and the prior's share; fp32 parity of the runtime's samples against PyTorch's.
-Writes benchmarks/results/scaling-<machine>.{json,txt,png}.
+Writes benchmarks/results/scaling[-quick]-<machine>.{json,txt,png}.
 """
 from __future__ import annotations
 
@@ -18,17 +18,12 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from discodiff.atomic import atomic_savefig, atomic_write_text
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from child import measured as child  # noqa: E402
-from latency import machine_name  # noqa: E402
+from discodiff.benchmarks.common import (Results, Target, add_options, child, machine_name, pyplot, sample_draws,
+                                         save_figure, script, timed)
 
 BIN = Path(sys.executable).parent
 
@@ -38,8 +33,9 @@ BIN = Path(sys.executable).parent
 
 
 def worker(a) -> None:
+    from discodiff.runtime import Pipeline
     from discodiff.runtime.draws import draw
-    from discodiff.runtime.sampling import denoiser_fn, prior_tokens, sample_batch
+    from discodiff.runtime.sampling import denoiser_fn, prior_tokens
     from discodiff.runtime.schedule import sigma_steps
 
     if a.backend == "torch":
@@ -48,35 +44,26 @@ def worker(a) -> None:
         from discodiff.checkpoint import load_model
         from discodiff.sampling import TorchModel
 
-        model = TorchModel(load_model(a.checkpoint)[0])
+        pipe = Pipeline(TorchModel(load_model(a.checkpoint)[0]))
         ctx = torch.no_grad()
     else:
         from contextlib import nullcontext
 
-        from discodiff.runtime.bundle import open_bundle
-
-        model = open_bundle(a.bundle, "ort", "fp32").model
+        pipe = Pipeline.open(a.bundle, backend="ort", precision="fp32", spin="on")   # every core, spinning
         ctx = nullcontext()
-    res, samples = {}, {}
+    model, res, samples = pipe.model, {}, {}
     sig = sigma_steps(4, model.meta.sigma_min, model.meta.sigma_max, model.meta.rho)
     with ctx:
         for b in (1, 4):
             d = draw(np.arange(b), model.meta)
-            tok = prior_tokens(model, d)
-            D = denoiser_fn(model, tok, d.labels)
+            # one denoiser call apart from the Pipeline, which times only whole calls
+            D = denoiser_fn(model, prior_tokens(model, d), d.labels)
             x = model.asarray(d.noise) * 10.0
-            D(x, 10.0)                                        # warm-up
-            calls = []
-            for _ in range(a.repeats):
-                t0 = time.perf_counter()
-                D(x, 10.0)
-                calls.append(time.perf_counter() - t0)
-            timing: dict = {}
-            t0 = time.perf_counter()
-            xs, toks = sample_batch(model, d, solver="euler", sigmas=sig, timing=timing)
-            e2e = time.perf_counter() - t0
-            res[b] = {"call_ms": 1000 * float(np.median(calls)), "e2e_ms": 1000 * e2e, "prior_ms": 1000 * timing["prior_s"]}
-            samples[f"x{b}"], samples[f"tok{b}"] = xs, toks
+            calls, _ = timed(lambda: D(x, 10.0), a.repeats)
+            out = sample_draws(pipe, d, solver="euler", sigmas=sig)
+            res[b] = {"call_ms": 1000 * float(np.median(calls)), "e2e_ms": 1000 * out.timing["total_s"],
+                      "prior_ms": 1000 * out.timing["prior_s"]}
+            samples[f"x{b}"], samples[f"tok{b}"] = out.x, out.tokens
     np.savez(a.samples, **samples)
     Path(a.json).write_text(json.dumps(res))
 
@@ -85,20 +72,13 @@ def worker(a) -> None:
 
 
 def model_facts(checkpoint: Path) -> dict:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
+    from discodiff.benchmarks.latency_probes import denoiser_flops
     from discodiff.checkpoint import load_model
 
     model, _ = load_model(checkpoint)
-    cfg = model.cfg
-    kw = {"tokens": torch.zeros(1, cfg.m, dtype=torch.int32) if cfg.m else None,
-          "class_labels": torch.zeros(1, dtype=torch.int32) if cfg.num_classes else None}
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model.denoiser(torch.randn(1, *cfg.data_shape), torch.ones(1), **kw)
     count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
     return {"params": {"denoiser": count(model.denoiser), "encoder": count(model.encoder), "prior": count(model.prior)},
-            "gflop_per_call": fc.get_total_flops() / 1e9, "data_shape": list(cfg.data_shape)}
+            "gflop_per_call": denoiser_flops(model) / 1e9, "data_shape": list(model.cfg.data_shape)}
 
 
 def perturb_zero_init(ckpt: Path, gain: float = 0.2, bias_std: float = 0.01) -> int:
@@ -153,8 +133,8 @@ def run_size(name: str, a, rate_gflops: float) -> dict:
     for backend in ("torch", "ort"):
         print(f"{name}: timing {backend} ...", flush=True)
         j, s = a.work / f"{name}-{backend}.json", a.work / f"{name}-{backend}.npz"
-        child([sys.executable, __file__, "--worker", "--backend", backend, "--checkpoint", str(ckpt), "--bundle", str(bundle),
-               "--json", str(j), "--samples", str(s), "--repeats", str(a.repeats)])
+        child(script("scaling.py", "--worker", "--backend", backend, "--checkpoint", ckpt, "--bundle", bundle,
+                     "--json", j, "--samples", s, "--repeats", a.repeats))
         out[backend] = {int(k): v for k, v in json.loads(j.read_text()).items()}
         out[f"{backend}_samples"] = dict(np.load(s))
     for b in (1, 4):
@@ -174,13 +154,11 @@ def main() -> int:
     ap.add_argument("--sizes", default="shapes,cifar-size,in64-size,xl")
     ap.add_argument("--work", type=Path, default=Path("runs/scale"))
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--machine", default=None)
-    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     ap.add_argument("--perturb-zero-init", action="store_true",
                     help="give the zero-initialised layers small random weights so that parity is not trivially exact "
                          "(measured: cifar-size's whole-sampler check then reads 1.15e-4 against the export's 1e-4 and "
                          "the export refuses; see the README)")
-    ap.add_argument("--quick", action="store_true", help="the shapes default only, 2 repeats")
+    add_options(ap, quick="the shapes default only, 2 repeats")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--backend", choices=("torch", "ort"), help=argparse.SUPPRESS)
     ap.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
@@ -194,41 +172,35 @@ def main() -> int:
     sizes = ["shapes"] if a.quick else a.sizes.split(",")
     a.repeats = 2 if a.quick else a.repeats
     a.work.mkdir(parents=True, exist_ok=True)
-    from latency_probes import matmul_rate
+    from discodiff.benchmarks.latency_probes import matmul_rate
 
     rate = matmul_rate()
     rows = [run_size(s, a, rate["gflops"]) for s in sizes]
     rep = {"machine": a.machine or machine_name(), "matmul": rate, "sizes": rows}
     rep["targets"] = targets(rep)
-    text = report(rep)
-    print(text)
-    a.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = a.out_dir / f"scaling-{rep['machine']}{'-quick' if a.quick else ''}"
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(rep, indent=1, default=float) + "\n")
-    atomic_write_text(stem.with_suffix(".txt"), text + "\n")
-    plot(rep, stem.with_suffix(".png"))
+    Results(a.out_dir, "scaling", rep["machine"]).publish(rep, report(rep), "quick" if a.quick else "", plot)
     return 0
 
 
-def targets(rep: dict) -> list[dict]:
+def targets(rep: dict) -> list[Target]:
     by, out = {r["size"]: r for r in rep["sizes"]}, []
     if "in64-size" in by:
         r = by["in64-size"]
-        out.append({"target": "in64-size: export with all parity checks <= 10 min", "value": r["export"]["wall_s"] / 60,
-                    "met": r["export"]["wall_s"] <= 600})
-        out.append({"target": "in64-size: export peak RSS <= 4x its fp32 weight size", "value": r["export"]["rss_over_fp32_weights"],
-                    "met": r["export"]["rss_over_fp32_weights"] <= 4})
+        out.append(Target("in64-size: export with all parity checks <= 10 min", r["export"]["wall_s"] / 60,
+                          r["export"]["wall_s"] <= 600))
+        out.append(Target("in64-size: export peak RSS <= 4x its fp32 weight size", r["export"]["rss_over_fp32_weights"],
+                          r["export"]["rss_over_fp32_weights"] <= 4))
         pb = r["per_batch"][1]
-        out.append({"target": "in64-size, batch 1: runtime >= 1.2x PyTorch eager per denoiser call",
-                    "value": pb["speedup_vs_eager"], "met": pb["speedup_vs_eager"] >= 1.2})
-        out.append({"target": "in64-size, batch 1: runtime within 1.5x of the compute floor", "value": pb["runtime_x_floor"],
-                    "met": pb["runtime_x_floor"] <= 1.5})
+        out.append(Target("in64-size, batch 1: runtime >= 1.2x PyTorch eager per denoiser call", pb["speedup_vs_eager"],
+                          pb["speedup_vs_eager"] >= 1.2))
+        out.append(Target("in64-size, batch 1: runtime within 1.5x of the compute floor", pb["runtime_x_floor"],
+                          pb["runtime_x_floor"] <= 1.5))
     if "xl" in by:
         r = by["xl"]
         worst = max(pb["max_abs_vs_torch"] for pb in r["per_batch"].values())
-        out.append({"target": "xl: exported with external data, sampled by the runtime with fp32 parity <= 1e-4 vs PyTorch",
-                    "value": worst, "met": bool(r["external_data"]) and worst <= 1e-4
-                    and all(pb["tokens_equal"] for pb in r["per_batch"].values())})
+        out.append(Target("xl: exported with external data, sampled by the runtime with fp32 parity <= 1e-4 vs PyTorch",
+                          worst, bool(r["external_data"]) and worst <= 1e-4
+                          and all(pb["tokens_equal"] for pb in r["per_batch"].values())))
     return out
 
 
@@ -248,16 +220,12 @@ def report(rep: dict) -> str:
         if r["external_data"]:
             lines.append(f"{r['size']}: ONNX external data for " + ", ".join(r["external_data"]))
     lines.append("")
-    lines += [f"[{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']:.3g}" for t in rep["targets"]]
+    lines += [t.line() for t in rep["targets"]]
     return "\n".join(lines)
 
 
 def plot(rep: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = rep["sizes"]
     p = [r["params"]["denoiser"] / 1e6 for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
@@ -274,10 +242,7 @@ def plot(rep: dict, path: Path) -> None:
         ax.set_xlabel("denoiser parameters, millions")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle(f"cost against model size on {rep['machine']}", fontsize=10)
-    fig.tight_layout()
-    atomic_savefig(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, f"cost against model size on {rep['machine']}")
 
 
 if __name__ == "__main__":

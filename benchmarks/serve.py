@@ -5,31 +5,27 @@ gRPC), one sample per request, against the runtime called directly at the same b
     python benchmarks/serve.py --quick
 
 Per concurrency (a closed loop keeping that many requests in flight for --seconds): samples/s, p50/p95/p99
-latency, and the mean batch the server ran (Triton's metrics: items / executions). Direct: sample_batch
-on the bundle at batch 1, 4, 16 with the same settings. Then a soak of --soak requests, valid and
-malformed mixed, checking every valid answer against the direct runtime's sample for its seed.
-Writes benchmarks/results/serve-<machine>.{json,txt,png}.
+latency, and the mean batch the server ran (Triton's metrics: items / executions). Direct: the bundle's
+Pipeline at batch 1, 4, 16 with the same settings. Then a soak of --soak requests, valid and malformed
+mixed, checking every valid answer against the Pipeline's sample for its seed.
+Writes benchmarks/results/serve[-quick]-<machine>.{json,txt,png}.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import threading
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from discodiff.atomic import atomic_savefig, atomic_write_text
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from latency import machine_name  # noqa: E402
+from discodiff.benchmarks.common import Results, Target, add_options, machine_name, pyplot, save_figure, timed
+from discodiff.runtime import Pipeline
 
 
 def free_port() -> int:
@@ -122,37 +118,37 @@ def load(port_grpc: int, port_metrics: int, concurrency: int, seconds: float, pa
             "mean_server_batch": (c1[0] - c0[0]) / max(c1[1] - c0[1], 1)}
 
 
+def open_direct(bundle: Path) -> Pipeline:
+    """The runtime in this process, every core spinning (the server is idle while it runs)."""
+    return Pipeline.open(bundle, backend="ort", spin="on")
+
+
 def direct(bundle: Path, batches, params: dict, repeats: int) -> list[dict]:
     """The runtime called in-process at each batch size with the same settings (the server's own plan)."""
-    from discodiff.runtime.bundle import open_bundle
     from discodiff.runtime.draws import draw
-    from discodiff.runtime.plan import plan
-    from discodiff.runtime.sampling import sample_batch
 
     out = []
-    with open_bundle(bundle, "ort") as o:
-        p = plan(o.model.meta, o.manifest.sampling, **params)
+    with open_direct(bundle) as pipe:
         for b in batches:
-            d = draw(np.arange(b), o.model.meta)
-            sample_batch(o.model, d, solver=p.solver, sigmas=p.sigmas)
-            ts = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                sample_batch(o.model, d, solver=p.solver, sigmas=p.sigmas)
-                ts.append(time.perf_counter() - t)
+            d = draw(np.arange(b), pipe.meta)
+            ts, _ = timed(lambda: pipe(draws=d, batch=b, nonfinite="keep", **params), repeats)
             med = float(np.median(ts))
             out.append({"batch": b, "ms_per_batch": 1000 * med, "samples_per_s": b / med})
     return out
+
+
+def expected(bundle: Path, seeds: np.ndarray, params: dict) -> dict[int, np.ndarray]:
+    """seed -> the answer a request for it must get: the Pipeline's sample (uint8 pixels for image models,
+    as the server sends them), made in chunks of the bundle's batch limit."""
+    with open_direct(bundle) as pipe:
+        got = pipe(seeds, batch=pipe.batch_max, nonfinite="keep", **params)
+    return dict(zip(seeds.tolist(), got.images if got.images is not None else got.x))
 
 
 def soak(bundle: Path, port_grpc: int, n: int, params: dict) -> dict:
     """n requests, about one in five malformed (unknown solver, class out of range, missing fit, negative
     seed); every valid answer is compared with the direct runtime's sample for its seed."""
     import tritonclient.grpc as grpc
-
-    from discodiff.runtime.bundle import open_bundle
-    from discodiff.runtime.manifest import load_manifest
-    from discodiff.runtime.serving.handler import SampleHandler
 
     kinds = ["ok"] * 4 + ["solver", "class", "fit", "seed"]
     rng = np.random.default_rng(0)
@@ -196,16 +192,7 @@ def soak(bundle: Path, port_grpc: int, n: int, params: dict) -> dict:
         t.start()
     for t in threads:
         t.join()
-    with open_bundle(bundle, "ort") as o:      # the expected samples, computed directly
-        man = load_manifest(bundle)
-        step = man.sampling_batch_max
-        h = SampleHandler(o.model, man.sampling, step)
-        ok_seeds = np.array(sorted(s for k, s, _, _ in sent if k == "ok"), np.int64)
-        expect = {}
-        for j in range(0, len(ok_seeds), step):
-            chunk = ok_seeds[j:j + step]
-            x, tok = h.sample(h.settings(params), chunk, np.full(len(chunk), -1, np.int32))
-            expect.update(zip(chunk.tolist(), h.outputs(x, tok, [""] * len(chunk))["sample"]))
+    expect = expected(bundle, np.array(sorted(s for k, s, _, _ in sent if k == "ok"), np.int64), params)
     crashes = sum(e is not None for _, _, e in results)
     wrong = answered_errors = 0
     diffs = []                                 # (max |level difference|, pixels differing) per inexact answer
@@ -241,9 +228,7 @@ def main() -> int:
     ap.add_argument("--queue-delay-us", type=int, default=2000)
     ap.add_argument("--nfe", type=int, default=None, help="denoiser calls per sample (default: the bundle's setting)")
     ap.add_argument("--soak", type=int, default=10_000)
-    ap.add_argument("--machine", default=None)
-    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
-    ap.add_argument("--quick", action="store_true")
+    add_options(ap, quick="concurrency 1 and 4 for 2 s each, a soak of 120 requests")
     a = ap.parse_args()
     if not (a.bundle / "manifest.json").exists():
         print(f"serve.py: error: bundle {a.bundle} not found; run discodiff-train and discodiff-export first", file=sys.stderr)
@@ -254,7 +239,6 @@ def main() -> int:
     params = {"nfe": a.nfe} if a.nfe else {}
     print("direct runtime ...", flush=True)
     dirs = direct(a.bundle, sorted({min(c, a.max_batch) for c in conc}), params, 3 if a.quick else 7)
-    a.out_dir.mkdir(parents=True, exist_ok=True)
     log = Path(tempfile.mkstemp(prefix="discodiff-serve-", suffix=".log")[1])
     proc, ports = start_server(a.bundle, a.max_batch, a.queue_delay_us, log)
     try:
@@ -272,36 +256,29 @@ def main() -> int:
            "max_batch": a.max_batch, "queue_delay_us": a.queue_delay_us, "direct": dirs, "load": rows, "soak": soaked,
            "server_exit_code": rc}
     rep["targets"] = targets(rep)
-    text = report(rep)
-    print(text)
-    a.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = a.out_dir / f"serve-{rep['machine']}{'-quick' if a.quick else ''}"
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(rep, indent=1) + "\n")
-    atomic_write_text(stem.with_suffix(".txt"), text + "\n")
-    plot(rep, stem.with_suffix(".png"))
+    Results(a.out_dir, "serve", rep["machine"]).publish(rep, report(rep), "quick" if a.quick else "", plot)
     return 0
 
 
-def targets(rep: dict) -> list[dict]:
+def targets(rep: dict) -> list[Target]:
     by = {r["concurrency"]: r for r in rep["load"]}
     d = {r["batch"]: r for r in rep["direct"]}
     out = []
     if 16 in by and 16 in d:
-        out.append({"target": "concurrency 16: throughput >= 0.8x the direct runtime at batch 16",
-                    "value": by[16]["samples_per_s"] / d[16]["samples_per_s"],
-                    "met": by[16]["samples_per_s"] >= 0.8 * d[16]["samples_per_s"]})
-        out.append({"target": "concurrency 16: p99 <= 2x p50", "value": by[16]["p99_ms"] / by[16]["p50_ms"],
-                     "met": by[16]["p99_ms"] <= 2 * by[16]["p50_ms"]})
+        out.append(Target("concurrency 16: throughput >= 0.8x the direct runtime at batch 16",
+                          by[16]["samples_per_s"] / d[16]["samples_per_s"],
+                          by[16]["samples_per_s"] >= 0.8 * d[16]["samples_per_s"]))
+        out.append(Target("concurrency 16: p99 <= 2x p50", by[16]["p99_ms"] / by[16]["p50_ms"],
+                          by[16]["p99_ms"] <= 2 * by[16]["p50_ms"]))
     if 1 in by and 1 in d:
         added = by[1]["p50_ms"] - d[1]["ms_per_batch"]
-        out.append({"target": "concurrency 1: added latency over a direct batch-1 run <= 5 ms (p50)", "value": added,
-                    "met": added <= 5})
+        out.append(Target("concurrency 1: added latency over a direct batch-1 run <= 5 ms (p50)", added, added <= 5))
     s = rep["soak"]
     off = s.get("valid_one_level_off", 0)
-    out.append({"target": f"{s['requests']} mixed requests: zero crashes, every valid response byte-identical",
-                "value": s["transport_errors"] + s["valid_wrong"] + off,
-                "met": s["transport_errors"] == 0 and s["valid_wrong"] == 0 and off == 0
-                and s["malformed_answered_with_error"] == s["malformed"] and rep["server_exit_code"] == 0})
+    out.append(Target(f"{s['requests']} mixed requests: zero crashes, every valid response byte-identical",
+                      s["transport_errors"] + s["valid_wrong"] + off,
+                      s["transport_errors"] == 0 and s["valid_wrong"] == 0 and off == 0
+                      and s["malformed_answered_with_error"] == s["malformed"] and rep["server_exit_code"] == 0))
     return out
 
 
@@ -319,16 +296,12 @@ def report(rep: dict) -> str:
                  f"transport errors, {s['valid_wrong']} wrong valid answers, {s.get('valid_one_level_off', 0)} valid answers with "
                  f"some pixel one level off, {s['malformed_answered_with_error']} malformed "
                  f"answered with an error message; server exit code {rep['server_exit_code']}")
-    lines += [f"[{'met' if t['met'] else 'NOT met'}] {t['target']}: {t['value']:.3g}" for t in rep["targets"]]
+    lines += [t.line() for t in rep["targets"]]
     return "\n".join(lines)
 
 
 def plot(rep: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
     c = [r["concurrency"] for r in rep["load"]]
     axes[0].plot(c, [r["samples_per_s"] for r in rep["load"]], "o-", label="served (gRPC, 1 sample per request)")
@@ -344,10 +317,7 @@ def plot(rep: dict, path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"discodiff-serve on {rep['machine']}", fontsize=10)
-    fig.tight_layout()
-    atomic_savefig(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, f"discodiff-serve on {rep['machine']}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from discodiff.benchmarks.demo_timing import readme_commands, run_phases
 from tests.helpers import copy_tree
 
 
@@ -24,8 +25,8 @@ def test_latency_quick(toy8_run, toy8_bundle, tmp_path):
                         "--bundle", str(bundle), "--out-dir", str(out), "--machine", "test"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    rep = json.loads((out / "latency-test-quick.json").read_text())
-    assert (out / "latency-test-quick.png").stat().st_size > 0
+    rep = json.loads((out / "latency-quick-test.json").read_text())
+    assert (out / "latency-quick-test.png").stat().st_size > 0
     rows = {(x["row"], x["batch"]): x for x in rep["results"]}
     assert set(rows) == {(row, b) for row in ("torch-eager", "ort-fp32") for b in (1, 4)}
     for b in (1, 4):
@@ -51,12 +52,12 @@ def test_latency_refuses_a_missing_bundle(tmp_path):
 def test_quality_quick(tmp_path):
     out = tmp_path / "results"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--quick", "--only", "toy8",
-                        "--work", str(tmp_path / "work"), "--out-dir", str(out)],
+                        "--work", str(tmp_path / "work"), "--out-dir", str(out), "--machine", "test"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    rep = json.loads((out / "quality_toy8_quick.json").read_text())
+    rep = json.loads((out / "quality-toy8-quick-test.json").read_text())
     for f in ("scatter", "w2", "curvature"):
-        assert (out / f"quality_toy8_quick_{f}.png").stat().st_size > 0
+        assert (out / f"quality-toy8-quick-{f}-test.png").stat().st_size > 0
     models = {row["model"] for row in rep["rows"]}
     assert models == {"disco", "plain"}
     for row in rep["rows"]:
@@ -79,11 +80,11 @@ def test_frontier_quick(toy8_bundle, tmp_path):
     # missing); the plain model is trained and exported by the script itself
     copy_tree(toy8_bundle.parent, tmp_path / "work" / "toy8-disco")
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--quick", "--only", "toy8",
-                        "--work", str(tmp_path / "work"), "--out-dir", str(out)], capture_output=True, text=True,
-                       timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                        "--work", str(tmp_path / "work"), "--out-dir", str(out), "--machine", "test"],
+                       capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
-    rep = json.loads((out / "frontier_toy8_quick.json").read_text())
-    assert (out / "frontier_toy8_quick.png").stat().st_size > 0
+    rep = json.loads((out / "frontier-toy8-quick-test.json").read_text())
+    assert (out / "frontier-toy8-quick-test.png").stat().st_size > 0
     for variant in ("disco", "plain"):
         m = rep["models"][variant]
         fitted = [g for g in m["rmse_grid"] if g["schedule"] == "fitted"]
@@ -99,7 +100,7 @@ def test_memory_quick(toy8_bundle, tmp_path):
                         "--batch", "8", "--machine", "test", "--out-dir", str(out), "--work", str(tmp_path)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    rep = json.loads((out / "memory-test-quick.json").read_text())
+    rep = json.loads((out / "memory-quick-test.json").read_text())
     assert [x["n"] for x in rep["rows"]] == [100, 2000] and rep["rows"][1]["files"] == 2000 + 3
     assert all(x["peak_rss_mib"] > 10 for x in rep["rows"])
 
@@ -112,7 +113,7 @@ def test_serve_quick(shapes_bundle, tmp_path):
                         "--max-batch", "4", "--machine", "test", "--out-dir", str(out)], capture_output=True, text=True,
                        timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
-    rep = json.loads((out / "serve-test-quick.json").read_text())
+    rep = json.loads((out / "serve-quick-test.json").read_text())
     s = rep["soak"]
     assert s["transport_errors"] == 0 and s["valid_wrong"] == 0 and s["valid_one_level_off"] == 0
     assert s["malformed_answered_with_error"] == s["malformed"]
@@ -125,9 +126,6 @@ def test_demo_timing_reads_the_readme_commands_phase_by_phase():
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "demo_timing.py"), "--dry-run"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from demo_timing import readme_commands
-
     cmds = readme_commands(ROOT / "README.md")
     readme = (ROOT / "README.md").read_text()
     for name in ("demo", "tests"):
@@ -138,9 +136,6 @@ def test_demo_timing_reads_the_readme_commands_phase_by_phase():
 
 
 def test_demo_timing_times_each_phase_and_stops_at_a_failure(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from demo_timing import run_phases
-
     r = run_phases(["sleep 0.3", "true", "false", "echo never"], tmp_path, tmp_path / "log", None)
     assert r["rc"] == 1
     s = [p["seconds"] for p in r["phases"]]

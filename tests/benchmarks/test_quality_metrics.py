@@ -1,12 +1,8 @@
 """The quality benchmark's measures against cases whose answer is known exactly."""
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import quality_metrics as qm  # noqa: E402
+from discodiff.benchmarks import quality_metrics as qm
 
 
 def test_w2_is_zero_for_a_permutation_and_the_shift_for_a_translation():

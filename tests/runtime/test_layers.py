@@ -1,7 +1,7 @@
 """The layers hold: statically, every module imports only from its own layer and those below it
-(torch-free helpers -> runtime -> torch package -> export), with absolute imports; dynamically, the
-runtime never needs torch: `discodiff-run` end to end, and every module of discodiff.runtime, in a fresh
-interpreter where importing torch (or any torch.* module) raises ImportError."""
+(torch-free helpers -> runtime -> torch package -> export -> benchmarks), with absolute imports;
+dynamically, the runtime never needs torch: `discodiff-run` end to end, and every module of
+discodiff.runtime, in a fresh interpreter where importing torch (or any torch.* module) raises ImportError."""
 from __future__ import annotations
 
 import ast
@@ -15,12 +15,13 @@ import textwrap
 import numpy as np
 import pytest
 
-from discodiff.runtime.bundle import open_bundle
+from discodiff.runtime.pipeline import Pipeline
 from discodiff.runtime.draws import draw
 from discodiff.runtime.sampling import sample_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-FOLDERS = {"discodiff": "discodiff", "export": "discodiff.export", "runtime": "discodiff.runtime"}
+FOLDERS = {"discodiff": "discodiff", "export": "discodiff.export", "runtime": "discodiff.runtime",
+           "benchmarks": "discodiff.benchmarks"}
 # Layer 1: torch-free helpers every layer may use (the runtime's allow-list of discodiff modules).
 HELPERS = {"discodiff", "discodiff.errors", "discodiff.atomic", "discodiff.cli_util", "discodiff.config", "discodiff.rundir",
            "discodiff.jsonfile", "discodiff.lock", "discodiff.imageheader"}
@@ -44,6 +45,8 @@ def layer(name: str) -> int:
         return 2
     if name.startswith("discodiff.export"):
         return 4
+    if name.startswith("discodiff.benchmarks"):   # clients of every layer; nothing imports them
+        return 5
     return 3
 
 
@@ -98,6 +101,7 @@ def test_every_module_keeps_to_its_layer():
     ("discodiff.runtime.x", "from ..atomic import atomic_write\n", "relative"),
     ("discodiff.errors", "from discodiff.runtime.draws import draw\n", "discodiff.runtime"),
     ("discodiff.sampling", "from discodiff.export.parity import run_all\n", "discodiff.export"),
+    ("discodiff.export.bundle", "from discodiff.benchmarks.common import Target\n", "discodiff.benchmarks"),
 ])
 def test_the_layer_rule_catches_a_planted_import(name, source, word):
     """Control: the rule above can fail."""
@@ -167,7 +171,7 @@ def test_discodiff_run_without_torch(toy8_bundle, tmp_path):
     assert res["training_loaded"] == []
     assert (out / "samples.npz").is_file() and (out / "scatter.png").is_file() and (out / "timing.json").is_file()
     assert sorted(p.name for p in out.glob("*.npy")) == [f"{s:06d}.npy" for s in range(4)]
-    with open_bundle(toy8_bundle, backend="ort", precision="fp32") as o:
+    with Pipeline.open(toy8_bundle, backend="ort", precision="fp32") as o:
         x, tok = sample_batch(o.model, draw(np.arange(4), o.model.meta), steps=5)
     with np.load(out / "samples.npz") as f:
         np.testing.assert_allclose(f["x"], x, rtol=0, atol=1e-6)
