@@ -34,7 +34,7 @@ class TorchModel:
     def __init__(self, model: DisCoDiff, device: str | torch.device = "cpu", denoiser: Callable | None = None):
         self.net, self.device = model, torch.device(device)
         self.meta = model_meta(model.cfg)
-        self.denoiser = denoiser or model.denoiser
+        self.denoiser = denoiser if denoiser is not None else model.denoiser
         self._cond: tuple = (None, None, None, None)   # last (tokens, labels) numpy -> torch, reused per batch
 
     def asarray(self, a: np.ndarray) -> torch.Tensor:

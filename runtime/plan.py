@@ -30,7 +30,7 @@ class PlanError(ValueError):
 
 
 # The best training-free setting at each measured call count, where the bundle has no fit for it:
-# benchmarks/results/frontier_{shapes,toy8}.json, teacher RMSE of every solver x {edm, logsnr} on the DisCo
+# benchmarks/results/frontier-{shapes,toy8}-amd-epyc-2c.json, teacher RMSE of every solver x {edm, logsnr} on the DisCo
 # and plain models of both data sets; the entry minimises the worst ratio to that count's best row over the
 # four models (in brackets). A count between two measured ones takes the lower one's entry; below the
 # lowest nothing was measured, so it needs a fit. tests/runtime/test_plan.py recomputes this table from
