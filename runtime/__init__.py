@@ -18,7 +18,7 @@ Modules, bottom up:
     plan          what a request resolves to: solver, levels, calls (nfe = the best measured setting)
     draws         per-sample randomness from (seed, stream)
     tokens        inverse-CDF token picking, autoregressive over a prior step
-    sampling      the one sampling core: guidance, prior tokens, sample_batch, iter_batches
+    sampling      the one sampling core: guidance, prior tokens, sample_batch, nonfinite_rows
     onnx_refs     the external-data files a graph would read, from its protobuf
     manifest      the bundle's manifest: schema checks, files read only from inside the bundle, hashes
     backends/     ort (ONNX Runtime), trt (TensorRT + CUDA graphs), behind one Backend interface

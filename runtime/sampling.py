@@ -20,11 +20,11 @@ Adapters: `discodiff.runtime.model.BundleModel` (a bundle's graphs on any backen
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
-from discodiff.runtime.draws import Draws, churn_noise, draw
+from discodiff.runtime.draws import Draws, churn_noise
 from discodiff.runtime.schedule import sigma_steps
 from discodiff.runtime.solvers import solve
 from discodiff.runtime.tokens import sample_tokens
@@ -91,14 +91,3 @@ def nonfinite_rows(x: np.ndarray) -> np.ndarray:
     returned as a success (a huge guidance scale, a damaged graph): callers fail it, naming its seed."""
     x = np.asarray(x)
     return ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-
-
-def iter_batches(model, seeds, batch: int, *, class_label: int | None = None,
-                 **options) -> Iterator[tuple[Draws, np.ndarray, np.ndarray]]:
-    """Sample `seeds` in batches of `batch`, drawing each batch's randomness when it is reached (memory does
-    not grow with the number of seeds): yields (draws, x, tokens) per batch. `options` go to sample_batch."""
-    seeds = np.asarray(seeds, np.int64).reshape(-1)
-    for start in range(0, len(seeds), batch):
-        d = draw(seeds[start:start + batch], model.meta, class_label)
-        x, tok = sample_batch(model, d, **options)
-        yield d, x, tok
