@@ -109,10 +109,15 @@ def test_refuses_a_bundle_holding_files_it_did_not_write(reexport, toy8_run, tmp
     dest = tmp_path / "bundle"
     shutil.copytree(reexport[1], dest)
     (dest / "my_notes.txt").write_text("keep me")
-    before = tree_state(dest)
-    rc, _, err = call(capsys, export_cli, "--checkpoint", toy8_run / "model.safetensors", "--out", dest, "--quiet")
-    assert rc == 2 and len(error_lines(err)) == 1 and "my_notes.txt" in err, err
-    assert tree_state(dest) == before
+    export_refused(capsys, toy8_run, dest, tmp_path, "my_notes.txt")
+
+
+def export_refused(capsys, run, dest, root, word: str) -> None:
+    """Exporting `run` to `dest` fails with one line naming `word` and changes nothing under `root`."""
+    before = tree_state(root)
+    rc, _, err = call(capsys, export_cli, "--checkpoint", run / "model.safetensors", "--out", dest, "--quiet")
+    assert rc == 2 and len(error_lines(err)) == 1 and word in err and "Traceback" not in err, err
+    assert tree_state(root) == before
 
 
 def test_export_with_fit_nfe_writes_the_fits_into_the_new_bundle(toy8_run, tmp_path, capsys):
@@ -153,20 +158,14 @@ def test_a_killed_manifest_rewrites_temp_file_is_reclaimed(tiny, toy8_run, tmp_p
 def test_a_running_writers_temp_file_still_refuses(tiny, toy8_run, tmp_path, capsys):
     b = copy_bundle(tiny.bundle("toy8"), tmp_path / "bundle")
     (b / ".manifest.1.l1ve.json.tmp").write_text("{}")          # pid 1 always runs
-    before = tree_state(tmp_path)
-    rc, _, err = call(capsys, export_cli, "--checkpoint", toy8_run / "model.safetensors", "--out", b, "--quiet")
-    assert rc == 2 and len(error_lines(err)) == 1 and ".manifest.1.l1ve.json.tmp" in err, err
-    assert tree_state(tmp_path) == before
+    export_refused(capsys, toy8_run, b, tmp_path, ".manifest.1.l1ve.json.tmp")
 
 
 def test_deeply_nested_json_as_the_destinations_manifest(toy8_run, tmp_path, capsys):
     out = tmp_path / "b"
     out.mkdir()
     (out / "manifest.json").write_text("[" * 200_000)
-    before = tree_state(tmp_path)
-    rc, _, err = call(capsys, export_cli, "--checkpoint", toy8_run / "model.safetensors", "--out", out, "--quiet")
-    assert rc == 2 and len(error_lines(err)) == 1 and "Traceback" not in err and "manifest.json" in err, err
-    assert tree_state(tmp_path) == before
+    export_refused(capsys, toy8_run, out, tmp_path, "manifest.json")
 
 
 def test_an_export_waits_for_the_bundles_lock_and_names_its_holder(tiny, toy8_run, tmp_path, capsys, monkeypatch):
